@@ -1,0 +1,197 @@
+"""Asset bundles and the one place where the seed's flag names become request fields.
+
+A bundle is a `.json` file (one request) or a `.jsonl` file (one request per line). Paths inside
+a bundle are relative to the bundle file. Values are layered: an explicit CLI value beats the
+bundle, which beats the request's default. Unknown upstream keys (`inference_type`, ...) are
+accepted and ignored; `name` names the run and its output.
+"""
+
+import json
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from cosmos_pipeline.errors import InputError
+from cosmos_pipeline.media import check_media, check_output_path, read_video
+from cosmos_pipeline.request import RESOLUTIONS, GenerationRequest
+
+BUNDLE_SUFFIXES = frozenset({".json", ".jsonl"})
+DEFAULT_OUTPUT_DIR = Path("outputs")
+
+# The seed script's names (and the native scripts' bundle keys) -> request fields.
+SEED_NAMES = {
+    "num_output_frames": "num_frames",
+    "num_steps": "num_inference_steps",
+    "guidance": "guidance_scale",
+}
+# Keys a bundle may carry whose values are paths relative to the bundle file.
+PATH_KEYS = ("input_path", "prompt_path", "negative_prompt_path", "output_path")
+# Keys that are read from a file: the key, its `_path` twin.
+TEXT_KEYS = ("prompt", "negative_prompt")
+
+
+def is_bundle(path: Path) -> bool:
+    return path.suffix.lower() in BUNDLE_SUFFIXES
+
+
+def read_bundle(path: Path) -> list[dict[str, Any]]:
+    """The raw entries of a bundle, with relative paths made relative to the bundle's folder."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InputError(f"bundle not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise InputError(f"bundle not readable: {path} ({error})") from None
+    lines = text.splitlines() if path.suffix.lower() == ".jsonl" else [text]
+    entries = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip() and path.suffix.lower() == ".jsonl":
+            continue
+        where = f"{path}:{number}" if path.suffix.lower() == ".jsonl" else str(path)
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise InputError(f"bundle {where} is not valid JSON: {error}") from None
+        if not isinstance(entry, dict):
+            raise InputError(f"bundle {where} must hold a JSON object, not {type(entry).__name__}")
+        for key in PATH_KEYS:
+            value = entry.get(key)
+            if value is not None and not isinstance(value, str):
+                raise InputError(f"bundle {where}: `{key}` must be a path string, not {value!r}")
+            if value:
+                entry[key] = str(path.parent / value)
+        entry["_where"] = where
+        entries.append(entry)
+    if not entries:
+        raise InputError(f"bundle {path} holds no requests")
+    return entries
+
+
+def normalise(values: Mapping[str, Any]) -> dict[str, Any]:
+    """Seed/bundle names -> request field names; `resolution` -> height and width."""
+    fields = {SEED_NAMES.get(key, key): value for key, value in values.items() if value is not None}
+    resolution = fields.pop("resolution", None)
+    if resolution is not None:
+        key = str(resolution) if str(resolution).endswith("p") else f"{resolution}p"
+        if key not in RESOLUTIONS:
+            raise InputError(f"unknown resolution {resolution!r}; use one of {', '.join(RESOLUTIONS)}")
+        fields.setdefault("height", RESOLUTIONS[key][0])
+        fields.setdefault("width", RESOLUTIONS[key][1])
+    return fields
+
+
+def _read_text_file(path: str, key: str) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as error:
+        raise InputError(f"cannot read --{key} {path}: {error}") from None
+
+
+def _take_text(layer: dict[str, Any], key: str) -> str | None:
+    """A layer's text for `key`: inline text or the stripped contents of its `_path` file."""
+    path = layer.pop(f"{key}_path", None)
+    inline = layer.pop(key, None)
+    if inline is not None:
+        return str(inline)
+    return None if path is None else _read_text_file(path, f"{key}_path")
+
+
+def merge(cli: Mapping[str, Any], entry: Mapping[str, Any]) -> dict[str, Any]:
+    """CLI values over bundle values. A prompt and its file count as one source per layer."""
+    cli_fields, bundle_fields = normalise(cli), normalise(entry)
+    for key in TEXT_KEYS:
+        cli_text, bundle_text = _take_text(cli_fields, key), _take_text(bundle_fields, key)
+        text = cli_text if cli_text is not None else bundle_text
+        if text is not None:
+            cli_fields[key] = text
+    media = cli_fields.pop("override_visual_input", None)
+    merged = {**bundle_fields, **cli_fields}
+    if media is not None:
+        merged["input_path"] = media
+    return merged
+
+
+def default_output_path(fields: Mapping[str, Any], output_dir: Path) -> Path:
+    name = fields.get("name") or "generation"
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", str(name)).strip("._") or "generation"
+    suffix = ".png" if fields.get("num_frames") == 1 else ".mp4"
+    return output_dir / f"{safe}{suffix}"
+
+
+def _format_validation_error(error: ValidationError, where: str) -> str:
+    problems = []
+    for item in error.errors():
+        field = ".".join(str(part) for part in item["loc"]) or "request"
+        message = item["msg"].removeprefix("Value error, ")
+        problems.append(f"`{field}`: {message}" + ("" if item["type"] == "value_error" else f" (got {item.get('input')!r})"))
+    return f"{where}: " + "; ".join(problems)
+
+
+def build_request(fields: Mapping[str, Any], where: str) -> GenerationRequest:
+    values = {key: value for key, value in fields.items() if key in GenerationRequest.model_fields}
+    try:
+        return GenerationRequest(**values)
+    except ValidationError as error:
+        raise InputError(_format_validation_error(error, where)) from None
+
+
+def resolve_requests(cli: Mapping[str, Any]) -> list[GenerationRequest]:
+    """The requests a CLI invocation asks for, validated and pre-flighted before any model loads.
+
+    `cli` maps flag names (seed or request spelling) to values, None meaning "not given".
+    `input_path` may be a bundle or a media file. Every request gets a seed and an output path.
+    """
+    cli = dict(cli)
+    input_path = cli.pop("input_path", None)
+    if input_path is not None and is_bundle(Path(input_path)):
+        entries = read_bundle(Path(input_path))
+    else:
+        if input_path is not None:
+            cli["input_path"] = str(input_path)
+        entries = [{"_where": "command line"}]
+    output = cli.pop("output_path", None)
+    output_dir = DEFAULT_OUTPUT_DIR
+    if output is not None and Path(output).suffix.lower() not in {".mp4", ".png"}:
+        output_dir, output = Path(output), None  # a folder for many outputs
+    if output is not None and len(entries) > 1:
+        raise InputError(
+            f"--output_path {output} names one file but the bundle holds {len(entries)} requests; "
+            "give a folder instead"
+        )
+    requests = []
+    for entry in entries:
+        where = entry.pop("_where")
+        fields = merge(cli, entry)
+        fields.setdefault("name", Path(input_path).stem if input_path and len(entries) == 1 else None)
+        fields["output_path"] = output or fields.get("output_path") or default_output_path(fields, output_dir)
+        request = build_request(fields, where).with_seed()
+        preflight(request, where)
+        requests.append(request)
+    names = [request.output_path for request in requests]
+    duplicates = sorted({str(path) for path in names if names.count(path) > 1})
+    if duplicates:
+        raise InputError(f"several requests would write the same output: {', '.join(duplicates)}; give each a `name`")
+    return requests
+
+
+def preflight(request: GenerationRequest, where: str) -> None:
+    """Checks that touch the file system: media decodable and long enough, output writable."""
+    assert request.output_path is not None
+    try:
+        if request.input_path is not None:
+            kind = check_media(request.input_path)
+            if kind == "video":
+                frames = read_video(request.input_path).shape[0]
+                if frames < request.conditioning_frames:
+                    raise InputError(
+                        f"input video {request.input_path} has {frames} frames but Video2World with "
+                        f"{request.num_latent_conditional_frames} conditional latent frames needs at least "
+                        f"{request.conditioning_frames}; use a longer video or num_latent_conditional_frames=1"
+                    )
+        check_output_path(request.output_path, request.num_frames, request.overwrite)
+    except InputError as error:
+        raise InputError(f"{where}: {error}") from None
+

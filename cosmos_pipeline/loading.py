@@ -1,0 +1,113 @@
+"""Loading `Cosmos2_5_PredictBasePipeline`, and a cache so each variant loads once per process.
+
+The embedded model goes through the very same `from_pretrained` call as the hub checkpoints; only
+the path differs (a local folder built by `cosmos_pipeline.tiny`).
+"""
+
+import logging
+import time
+from collections import Counter, OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from cosmos_pipeline import tiny
+from cosmos_pipeline.guardrail import effective_guardrail, load_safety_checker
+from cosmos_pipeline.request import GenerationRequest
+
+logger = logging.getLogger(__name__)
+
+DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+
+
+@dataclass(frozen=True)
+class PipelineKey:
+    """What makes two loaded pipelines different: variant, precision, placement, guardrail."""
+
+    model_id: str
+    revision: str
+    dtype: str
+    device: str
+    device_map: str | None
+    guardrail: bool
+
+    @classmethod
+    def for_request(cls, request: GenerationRequest) -> "PipelineKey":
+        embedded = tiny.is_embedded(request.model_id)
+        return cls(
+            model_id=request.model_id,
+            revision=request.revision,
+            dtype=request.dtype,
+            device=resolve_device(request.device),
+            device_map=request.device_map,
+            guardrail=effective_guardrail(request.guardrail, embedded),
+        )
+
+
+def resolve_device(device: str) -> str:
+    """`cuda` falls back to the CPU where there is no GPU, so the defaults work everywhere."""
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        logger.warning("no CUDA device is available; running on the CPU")
+        return "cpu"
+    return device
+
+
+def model_location(model_id: str, revision: str) -> tuple[str, str | None]:
+    """Where `from_pretrained` reads from, and the hub revision to pass (None for local folders)."""
+    if tiny.is_embedded(model_id):
+        return str(tiny.embedded_model_path(revision)), None
+    if Path(model_id).expanduser().is_dir():
+        return str(Path(model_id).expanduser()), None
+    return model_id, revision
+
+
+def load_pipeline(key: PipelineKey):
+    from diffusers import Cosmos2_5_PredictBasePipeline
+
+    location, revision = model_location(key.model_id, key.revision)
+    pipe = Cosmos2_5_PredictBasePipeline.from_pretrained(
+        location,
+        revision=revision,
+        torch_dtype=DTYPES[key.dtype],
+        device_map=key.device_map,
+        safety_checker=load_safety_checker(key.guardrail),
+    )
+    if key.device_map is None:
+        pipe.to(key.device)
+    return pipe
+
+
+class PipelineCache:
+    """Loaded pipelines by key, least recently used evicted first.
+
+    `capacity` bounds how many variants stay resident: each 2B pipeline holds ~20 GiB of weights.
+    `loads` counts loads per key, so callers (and tests) can see that nothing was reloaded.
+    """
+
+    def __init__(self, capacity: int = 1) -> None:
+        self.capacity = capacity
+        self.loads: Counter[PipelineKey] = Counter()
+        self.load_seconds: dict[PipelineKey, float] = {}
+        self._pipes: OrderedDict[PipelineKey, object] = OrderedDict()
+
+    def get(self, key: PipelineKey):
+        if key in self._pipes:
+            self._pipes.move_to_end(key)
+            return self._pipes[key]
+        while len(self._pipes) >= self.capacity:
+            self._pipes.popitem(last=False)
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        start = time.perf_counter()
+        pipe = load_pipeline(key)
+        self.load_seconds[key] = time.perf_counter() - start
+        self.loads[key] += 1
+        self._pipes[key] = pipe
+        return pipe
+
+    def clear(self) -> None:
+        self._pipes.clear()
+
+
+PIPELINES = PipelineCache()

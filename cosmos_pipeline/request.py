@@ -1,0 +1,146 @@
+"""The typed generation request: every value one generation needs, validated once.
+
+Field names are diffusers' own (`prompt`, `negative_prompt`, `num_frames`, `num_inference_steps`,
+`guidance_scale`, `height`, `width`) so values pass to the pipeline without renaming; the seed
+script's flag names map onto them in `cosmos_pipeline.bundle` only. The mode is derived from
+the inputs, never declared.
+"""
+
+import secrets
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from cosmos_pipeline.guardrail import GuardrailMode
+from cosmos_pipeline.media import IMAGE_SUFFIXES, VIDEO_SUFFIXES, FitMode
+
+DEFAULT_MODEL_ID = "nvidia/Cosmos-Predict2.5-2B"
+DEFAULT_REVISION = "diffusers/base/post-trained"
+# Named sizes (height, width). 720p is what the model was trained for; 480p is the native
+# scripts' smaller preset; 256p is a preview size that keeps the embedded model fast on a CPU.
+RESOLUTIONS: dict[str, tuple[int, int]] = {"720p": (704, 1280), "480p": (480, 832), "256p": (256, 448)}
+VAE_TEMPORAL_FACTOR = 4  # Wan 2.1 VAE: 4 frames per latent frame (after the first)
+SIZE_MULTIPLE = 16  # 8x VAE downsampling times the transformer's 2x2 patches
+
+Dtype = Literal["bfloat16", "float16", "float32"]
+Mode = Literal["text2world", "image2world", "video2world", "text2image", "image2image"]
+
+
+def nearest_valid_frame_counts(num_frames: int) -> tuple[int, int]:
+    """The valid counts (1 or 4k+1) just below and just above `num_frames`."""
+    below = max(1, (num_frames - 1) // VAE_TEMPORAL_FACTOR * VAE_TEMPORAL_FACTOR + 1)
+    return below, below + VAE_TEMPORAL_FACTOR
+
+
+class GenerationRequest(BaseModel):
+    """One generation. Paths are absolute or relative to the working directory."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str | None = None
+    prompt: str
+    negative_prompt: str | None = None  # None: the pipeline's quality-focused default
+    input_path: Path | None = None  # an image or a video to condition on
+    output_path: Path | None = None
+    num_frames: int = Field(default=93, ge=1)
+    height: int = Field(default=RESOLUTIONS["720p"][0], gt=0)
+    width: int = Field(default=RESOLUTIONS["720p"][1], gt=0)
+    num_inference_steps: int = Field(default=36, ge=1, le=1000)
+    guidance_scale: float = Field(default=7.0, ge=0.0, le=100.0)  # <= 1 turns classifier-free guidance off
+    seed: int | None = Field(default=None, ge=0, lt=2**63)
+    num_latent_conditional_frames: int = Field(default=2, ge=1, le=2)  # Video2World: 1 or 2 latent frames
+    fit: FitMode = "crop"
+    model_id: str = DEFAULT_MODEL_ID
+    revision: str = DEFAULT_REVISION
+    device: str = "cuda"
+    device_map: str | None = None
+    dtype: Dtype = "bfloat16"
+    guardrail: GuardrailMode = "auto"
+    overwrite: bool = False
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt_not_empty(cls, prompt: str) -> str:
+        prompt = prompt.strip()
+        if not prompt:
+            raise ValueError("the prompt is empty; give --prompt, --prompt_path or a bundle `prompt`")
+        return prompt
+
+    @field_validator("negative_prompt")
+    @classmethod
+    def _strip_negative(cls, negative_prompt: str | None) -> str | None:
+        return None if negative_prompt is None else negative_prompt.strip()
+
+    @field_validator("num_frames")
+    @classmethod
+    def _frames_4k_plus_1(cls, num_frames: int) -> int:
+        if num_frames != 1 and (num_frames - 1) % VAE_TEMPORAL_FACTOR:
+            below, above = nearest_valid_frame_counts(num_frames)
+            raise ValueError(
+                f"{num_frames} frames is not of the form 4k+1 (the VAE packs 4 frames per latent frame); "
+                f"the nearest valid counts are {below} and {above}, or 1 for an image"
+            )
+        return num_frames
+
+    @field_validator("height", "width")
+    @classmethod
+    def _multiple_of_16(cls, size: int) -> int:
+        if size % SIZE_MULTIPLE:
+            lower = size // SIZE_MULTIPLE * SIZE_MULTIPLE
+            raise ValueError(
+                f"{size} is not a multiple of {SIZE_MULTIPLE}; use {lower or SIZE_MULTIPLE} or {lower + SIZE_MULTIPLE}"
+            )
+        return size
+
+    @field_validator("input_path")
+    @classmethod
+    def _supported_media(cls, path: Path | None) -> Path | None:
+        if path is not None and path.suffix.lower() not in IMAGE_SUFFIXES | VIDEO_SUFFIXES:
+            raise ValueError(
+                f"unsupported media suffix {path.suffix!r} for {path}; use an image "
+                f"({', '.join(sorted(IMAGE_SUFFIXES))}) or a video ({', '.join(sorted(VIDEO_SUFFIXES))})"
+            )
+        return path
+
+    @model_validator(mode="after")
+    def _video_needs_frames_to_predict(self) -> "GenerationRequest":
+        if self.source == "video" and self.num_frames <= self.conditioning_frames:
+            raise ValueError(
+                f"Video2World keeps the last {self.conditioning_frames} input frames, so it needs more output "
+                f"frames than that (got {self.num_frames}); use at least {self.conditioning_frames + 4}, "
+                "or an image input for a single frame"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _output_kind(self) -> "GenerationRequest":
+        if self.output_path is not None:
+            wanted = ".png" if self.num_frames == 1 else ".mp4"
+            if self.output_path.suffix.lower() != wanted:
+                what = "one frame is an image" if self.num_frames == 1 else f"{self.num_frames} frames are a video"
+                raise ValueError(f"output {self.output_path} should end in {wanted}: {what}")
+        return self
+
+    @property
+    def source(self) -> Literal["text", "image", "video"]:
+        if self.input_path is None:
+            return "text"
+        return "image" if self.input_path.suffix.lower() in IMAGE_SUFFIXES else "video"
+
+    @property
+    def mode(self) -> Mode:
+        return f"{self.source}2{'image' if self.num_frames == 1 else 'world'}"  # type: ignore[return-value]
+
+    @property
+    def conditioning_frames(self) -> int:
+        """How many input frames condition the generation (Video2World keeps the last ones)."""
+        if self.source == "text":
+            return 0
+        if self.source == "image":
+            return 1
+        return VAE_TEMPORAL_FACTOR * (self.num_latent_conditional_frames - 1) + 1
+
+    def with_seed(self) -> "GenerationRequest":
+        """This request with a seed chosen now if it had none, so every run is reproducible."""
+        return self if self.seed is not None else self.model_copy(update={"seed": secrets.randbelow(2**31)})

@@ -1,0 +1,239 @@
+"""The embedded model: a tiny random-weight Cosmos-Predict2.5 pipeline, built offline.
+
+Nothing can be downloaded on the machines this project is developed and tested on, yet the code
+that loads the real model must be the code that runs. So every component of
+`Cosmos2_5_PredictBasePipeline` is built here from a small config with seeded random weights
+(the tokenizer is trained with `tokenizers` on a fixed corpus), saved with `save_pretrained`,
+and then loaded back through the same `from_pretrained` call as `nvidia/Cosmos-Predict2.5-2B`.
+
+The two revisions of the real model have two tiny stand-ins: `diffusers/base/pre-trained` and
+`diffusers/base/post-trained` share the text encoder and VAE and differ in the transformer (the
+post-trained one is the pre-trained one plus a seeded perturbation, as fine-tuning would be), so
+variant comparisons can be exercised offline.
+"""
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+EMBEDDED_MODEL_ID = "embedded:tiny"
+PRE_TRAINED = "diffusers/base/pre-trained"
+POST_TRAINED = "diffusers/base/post-trained"
+REVISION_SEEDS = {PRE_TRAINED: None, POST_TRAINED: 1}  # seed of the post-training perturbation
+
+# Bump when the construction below changes, so stale caches are rebuilt rather than reused.
+BUILD_VERSION = "1"
+
+CHAT_TEMPLATE = (
+    "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}"
+    "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}"
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n{% if message['content'] is string %}"
+    "{{ message['content'] }}<|im_end|>\n{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
+    "{% set image_count.value = image_count.value + 1 %}{% if add_vision_id %}Picture "
+    "{{ image_count.value }}: {% endif %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif content['type'] == 'video' or 'video' in content %}"
+    "{% set video_count.value = video_count.value + 1 %}{% if add_vision_id %}Video "
+    "{{ video_count.value }}: {% endif %}<|vision_start|><|video_pad|><|vision_end|>"
+    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n"
+    "{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+SPECIAL_TOKENS = [
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+]
+# The tokenizer's training text: enough English to give common words their own tokens.
+CORPUS = [
+    "You are a helpful assistant who will provide prompts to an image generator.",
+    "A robot arm picks up a red box from a conveyor belt in a bright warehouse.",
+    "A car drives down a snowy street at night, its headlights cutting through the falling snow.",
+    "The camera pans slowly across a kitchen where a person is cooking vegetables on a stove.",
+    "A ball rolls across the floor and bounces off the wall; the scene is lit by the afternoon sun.",
+    "The video captures a series of frames showing ugly scenes, static with no motion, motion blur, "
+    "over-saturation, shaky footage, low resolution, grainy texture, pixelated images, poorly lit areas.",
+]
+TEXT_HIDDEN = 32
+TEXT_LAYERS = 2
+
+
+def embedded_cache_dir() -> Path:
+    """Where built tiny pipelines live; `COSMOS_CACHE_DIR` moves it (tests point it at a temp dir)."""
+    root = os.environ.get("COSMOS_CACHE_DIR") or Path.home() / ".cache" / "cosmos-world-pipeline"
+    return Path(root) / "embedded"
+
+
+def is_embedded(model_id: str) -> bool:
+    return model_id == EMBEDDED_MODEL_ID
+
+
+def build_tokenizer():
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import Qwen2Tokenizer
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=600,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    bpe.train_from_iterator(CORPUS, trainer=trainer)
+    vocab = bpe.get_vocab()
+    merges = [tuple(pair) for pair in json.loads(bpe.to_str())["model"]["merges"]]
+    tokenizer = Qwen2Tokenizer(vocab=vocab, merges=merges)
+    tokenizer.add_special_tokens({"additional_special_tokens": SPECIAL_TOKENS[1:]})
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
+
+
+def build_text_encoder(tokenizer):
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    ids = tokenizer.convert_tokens_to_ids
+    config = Qwen2_5_VLConfig(
+        text_config={
+            "vocab_size": len(tokenizer),
+            "hidden_size": TEXT_HIDDEN,
+            "intermediate_size": 64,
+            "num_hidden_layers": TEXT_LAYERS,
+            "num_attention_heads": 2,
+            "num_key_value_heads": 1,
+            "max_position_embeddings": 1024,
+            "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
+            "bos_token_id": ids("<|endoftext|>"),
+            "eos_token_id": ids("<|im_end|>"),
+            "pad_token_id": ids("<|endoftext|>"),
+        },
+        vision_config={
+            "depth": 1,
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_heads": 2,
+            "out_hidden_size": TEXT_HIDDEN,
+            "fullatt_block_indexes": [0],
+        },
+        image_token_id=ids("<|image_pad|>"),
+        video_token_id=ids("<|video_pad|>"),
+        vision_start_token_id=ids("<|vision_start|>"),
+        vision_end_token_id=ids("<|vision_end|>"),
+    )
+    torch.manual_seed(0)
+    return Qwen2_5_VLForConditionalGeneration(config).eval()
+
+
+def build_transformer(perturbation_seed: int | None):
+    from diffusers import CosmosTransformer3DModel
+
+    torch.manual_seed(0)
+    transformer = CosmosTransformer3DModel(
+        in_channels=16 + 1,
+        out_channels=16,
+        num_attention_heads=2,
+        attention_head_dim=16,
+        num_layers=2,
+        mlp_ratio=2.0,
+        text_embed_dim=32,
+        adaln_lora_dim=4,
+        max_size=(128, 240, 240),
+        patch_size=(1, 2, 2),
+        rope_scale=(1.0, 3.0, 3.0),
+        concat_padding_mask=True,
+        extra_pos_embed_type=None,
+        use_crossattn_projection=True,
+        crossattn_proj_in_channels=TEXT_HIDDEN * TEXT_LAYERS,
+        encoder_hidden_states_channels=32,
+    )
+    if perturbation_seed is not None:
+        generator = torch.Generator().manual_seed(perturbation_seed)
+        with torch.no_grad():
+            for param in transformer.parameters():
+                param.add_(0.25 * param.std().nan_to_num(0.0) * torch.randn(param.shape, generator=generator))
+    return transformer.eval()
+
+
+def build_vae():
+    from diffusers import AutoencoderKLWan
+
+    torch.manual_seed(0)
+    return AutoencoderKLWan(
+        base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True]
+    ).eval()
+
+
+def build_scheduler():
+    from diffusers import UniPCMultistepScheduler
+
+    # The scheduler config of the real Cosmos-Predict2.5 checkpoints (diffusers' conversion script).
+    return UniPCMultistepScheduler(
+        use_karras_sigmas=True,
+        use_flow_sigmas=True,
+        prediction_type="flow_prediction",
+        sigma_max=200.0,
+        sigma_min=0.01,
+    )
+
+
+def save_tiny_pipeline(revision: str, directory: Path) -> None:
+    """Build the tiny pipeline for `revision` and `save_pretrained` it into `directory`."""
+    from diffusers import Cosmos2_5_PredictBasePipeline
+
+    from cosmos_pipeline.guardrail import PassThroughSafetyChecker
+
+    tokenizer = build_tokenizer()
+    pipe = Cosmos2_5_PredictBasePipeline(
+        text_encoder=build_text_encoder(tokenizer),
+        tokenizer=tokenizer,
+        transformer=build_transformer(REVISION_SEEDS[revision]),
+        vae=build_vae(),
+        scheduler=build_scheduler(),
+        safety_checker=PassThroughSafetyChecker(),
+    )
+    pipe.save_pretrained(directory, safe_serialization=True)
+    # The real checkpoints carry no safety_checker folder; the guardrail is attached at load time.
+    index = directory / "model_index.json"
+    config = json.loads(index.read_text())
+    config.pop("safety_checker", None)
+    index.write_text(json.dumps(config, indent=2))
+    shutil.rmtree(directory / "safety_checker", ignore_errors=True)
+
+
+def embedded_model_path(revision: str) -> Path:
+    """The local directory of the tiny pipeline for `revision`, built on first use (atomically)."""
+    from cosmos_pipeline.errors import InputError
+
+    if revision not in REVISION_SEEDS:
+        raise InputError(
+            f"the embedded model has no revision {revision!r}; use one of: {', '.join(REVISION_SEEDS)}"
+        )
+    import diffusers
+    import transformers
+
+    key = f"{BUILD_VERSION}|{revision}|{diffusers.__version__}|{transformers.__version__}"
+    slug = revision.replace("/", "--") + "-" + hashlib.sha256(key.encode()).hexdigest()[:10]
+    target = embedded_cache_dir() / slug
+    if (target / "model_index.json").exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{slug}.", dir=target.parent))
+    try:
+        save_tiny_pipeline(revision, staging)
+        try:
+            staging.rename(target)
+        except OSError:  # another process finished first; its copy is identical
+            if not (target / "model_index.json").exists():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
