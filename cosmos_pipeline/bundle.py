@@ -126,7 +126,10 @@ def _format_validation_error(error: ValidationError, where: str) -> str:
     for item in error.errors():
         field = ".".join(str(part) for part in item["loc"]) or "request"
         message = item["msg"].removeprefix("Value error, ")
-        problems.append(f"`{field}`: {message}" + ("" if item["type"] == "value_error" else f" (got {item.get('input')!r})"))
+        problems.append(
+            f"`{field}`: {message}"
+            + ("" if item["type"] == "value_error" else f" (got {item.get('input')!r})")
+        )
     return f"{where}: " + "; ".join(problems)
 
 
@@ -173,7 +176,9 @@ def resolve_requests(cli: Mapping[str, Any]) -> list[GenerationRequest]:
     names = [request.output_path for request in requests]
     duplicates = sorted({str(path) for path in names if names.count(path) > 1})
     if duplicates:
-        raise InputError(f"several requests would write the same output: {', '.join(duplicates)}; give each a `name`")
+        raise InputError(
+            f"several requests would write the same output: {', '.join(duplicates)}; give each a `name`"
+        )
     return requests
 
 
@@ -189,9 +194,9 @@ def preflight(request: GenerationRequest, where: str) -> None:
                     raise InputError(
                         f"input video {request.input_path} has {frames} frames but Video2World with "
                         f"{request.num_latent_conditional_frames} conditional latent frames needs at least "
-                        f"{request.conditioning_frames}; use a longer video or num_latent_conditional_frames=1"
+                        f"{request.conditioning_frames}; use a longer video or "
+                        "num_latent_conditional_frames=1"
                     )
         check_output_path(request.output_path, request.num_frames, request.overwrite)
     except InputError as error:
         raise InputError(f"{where}: {error}") from None
-

@@ -69,7 +69,9 @@ def load_conditioning(request: GenerationRequest) -> np.ndarray | None:
     return fit_frames(frames, request.height, request.width, request.fit)
 
 
-def conditioning_video(pipe, request: GenerationRequest, frames: np.ndarray | None) -> tuple[torch.Tensor, int]:
+def conditioning_video(
+    pipe, request: GenerationRequest, frames: np.ndarray | None
+) -> tuple[torch.Tensor, int]:
     """The pipeline's `video` tensor (B, C, T, H, W) and how many of its frames are real input."""
     import torchvision.transforms.functional
 
@@ -80,13 +82,17 @@ def conditioning_video(pipe, request: GenerationRequest, frames: np.ndarray | No
         image = torchvision.transforms.functional.to_tensor(PIL.Image.fromarray(frames[0])).unsqueeze(0)
         video = torch.cat([image, torch.zeros_like(image).repeat(num_frames - 1, 1, 1, 1)], dim=0)
         return pipe.video_processor.preprocess_video(video.unsqueeze(0), height, width), 1
-    video = pipe.video_processor.preprocess_video([PIL.Image.fromarray(frame) for frame in frames], height, width)
+    video = pipe.video_processor.preprocess_video(
+        [PIL.Image.fromarray(frame) for frame in frames], height, width
+    )
     if video.shape[2] < num_frames:  # pad with the last frame, as the pipeline does
         video = torch.cat((video, video[:, :, -1:].repeat(1, 1, num_frames - video.shape[2], 1, 1)), dim=2)
     return video, frames.shape[0]
 
 
-def encode_prompts(pipe, request: GenerationRequest, device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+def encode_prompts(
+    pipe, request: GenerationRequest, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Prompt and negative-prompt embeddings, computed once per (prompt, negative prompt) per pipeline."""
     do_cfg = request.guidance_scale > 1.0
     key = (request.prompt, request.negative_prompt if do_cfg else None, do_cfg)
@@ -116,7 +122,9 @@ def generate(pipe, request: GenerationRequest, on_step: StepCallback | None = No
     guardrail = not _is_pass_through(pipe.safety_checker)
     pipe.safety_checker.to(device)
     if not pipe.safety_checker.check_text_safety(request.prompt):
-        raise UnsafeContentError(f"the Cosmos guardrail refused the prompt of {request.name or 'this request'}")
+        raise UnsafeContentError(
+            f"the Cosmos guardrail refused the prompt of {request.name or 'this request'}"
+        )
 
     # 2. Conditioning input (Image2World / Video2World)
     stage = time.perf_counter()
@@ -173,7 +181,9 @@ def generate(pipe, request: GenerationRequest, on_step: StepCallback | None = No
         for i, t in enumerate(pipe.scheduler.timesteps):
             step_start = time.perf_counter()
             sigma_t = pipe.scheduler.sigmas[i].expand(1).to(device=device, dtype=torch.float32)
-            in_timestep = cond_indicator * conditional_frame_timestep + (1 - cond_indicator) * sigma_t.view(1, 1, 1, 1, 1)
+            in_timestep = cond_indicator * conditional_frame_timestep + (1 - cond_indicator) * sigma_t.view(
+                1, 1, 1, 1, 1
+            )
             in_latents = (cond_mask * cond_latent + (1 - cond_mask) * latents).to(transformer_dtype)
 
             noise_pred = velocity(in_latents, in_timestep, prompt_embeds)
@@ -190,7 +200,9 @@ def generate(pipe, request: GenerationRequest, on_step: StepCallback | None = No
 
     # 6. VAE decode
     stage = time.perf_counter()
-    decoded = latents / pipe.latents_std.to(device, latents.dtype) + pipe.latents_mean.to(device, latents.dtype)
+    decoded = latents / pipe.latents_std.to(device, latents.dtype) + pipe.latents_mean.to(
+        device, latents.dtype
+    )
     decoded = pipe.vae.decode(decoded.to(pipe.vae.dtype), return_dict=False)[0]
     decoded = pipe._match_num_frames(decoded, request.num_frames)
     frames = pipe.video_processor.postprocess_video(decoded, output_type="np")[0]

@@ -64,15 +64,23 @@ def model_location(model_id: str, revision: str) -> tuple[str, str | None]:
 
 def load_pipeline(key: PipelineKey):
     from diffusers import Cosmos2_5_PredictBasePipeline
+    from diffusers.utils import logging as diffusers_logging
 
     location, revision = model_location(key.model_id, key.revision)
-    pipe = Cosmos2_5_PredictBasePipeline.from_pretrained(
-        location,
-        revision=revision,
-        torch_dtype=DTYPES[key.dtype],
-        device_map=key.device_map,
-        safety_checker=load_safety_checker(key.guardrail),
-    )
+    safety_checker = load_safety_checker(key.guardrail)
+    verbosity = diffusers_logging.get_verbosity()
+    if not key.guardrail:  # diffusers warns that the pass-through is not a CosmosSafetyChecker: it is on purpose
+        diffusers_logging.set_verbosity_error()
+    try:
+        pipe = Cosmos2_5_PredictBasePipeline.from_pretrained(
+            location,
+            revision=revision,
+            dtype=DTYPES[key.dtype],
+            device_map=key.device_map,
+            safety_checker=safety_checker,
+        )
+    finally:
+        diffusers_logging.set_verbosity(verbosity)
     if key.device_map is None:
         pipe.to(key.device)
     return pipe

@@ -89,7 +89,8 @@ class GenerationRequest(BaseModel):
         if size % SIZE_MULTIPLE:
             lower = size // SIZE_MULTIPLE * SIZE_MULTIPLE
             raise ValueError(
-                f"{size} is not a multiple of {SIZE_MULTIPLE}; use {lower or SIZE_MULTIPLE} or {lower + SIZE_MULTIPLE}"
+                f"{size} is not a multiple of {SIZE_MULTIPLE}; "
+                f"use {lower or SIZE_MULTIPLE} or {lower + SIZE_MULTIPLE}"
             )
         return size
 
@@ -107,7 +108,8 @@ class GenerationRequest(BaseModel):
     def _video_needs_frames_to_predict(self) -> "GenerationRequest":
         if self.source == "video" and self.num_frames <= self.conditioning_frames:
             raise ValueError(
-                f"Video2World keeps the last {self.conditioning_frames} input frames, so it needs more output "
+                f"Video2World keeps the last {self.conditioning_frames} input frames, "
+                "so it needs more output "
                 f"frames than that (got {self.num_frames}); use at least {self.conditioning_frames + 4}, "
                 "or an image input for a single frame"
             )
@@ -118,7 +120,11 @@ class GenerationRequest(BaseModel):
         if self.output_path is not None:
             wanted = ".png" if self.num_frames == 1 else ".mp4"
             if self.output_path.suffix.lower() != wanted:
-                what = "one frame is an image" if self.num_frames == 1 else f"{self.num_frames} frames are a video"
+                what = (
+                    "one frame is an image"
+                    if self.num_frames == 1
+                    else f"{self.num_frames} frames are a video"
+                )
                 raise ValueError(f"output {self.output_path} should end in {wanted}: {what}")
         return self
 

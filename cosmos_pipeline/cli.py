@@ -1,0 +1,158 @@
+"""The command line: the seed script's flags (both spellings), plus what native Cosmos users expect.
+
+Exit codes: 0 success, 2 bad input (nothing loaded, nothing written), 3 guardrail refusal or
+guardrail unavailable, 1 any other failure. Errors are one paragraph, never a traceback.
+"""
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from cosmos_pipeline.errors import GuardrailUnavailableError, InputError
+from cosmos_pipeline.request import DEFAULT_MODEL_ID, DEFAULT_REVISION, RESOLUTIONS
+
+EXIT_OK, EXIT_FAILURE, EXIT_INPUT, EXIT_GUARDRAIL = 0, 1, 2, 3
+
+
+def _flag(parser: argparse.ArgumentParser, name: str, **kwargs: Any) -> None:
+    """Add `--a_b` with its `--a-b` twin (the seed accepts both)."""
+    spellings = dict.fromkeys([f"--{name}", f"--{name.replace('_', '-')}"])
+    parser.add_argument(*spellings, dest=name, default=None, **kwargs)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cosmos-generate",
+        description=(
+            "Generate worlds (videos) or images with NVIDIA Cosmos-Predict2.5 through diffusers. "
+            "Flags override values from a bundle, which override the defaults. "
+            "Use --model_id embedded:tiny to run the offline embedded model."
+        ),
+    )
+    inputs = parser.add_argument_group("inputs")
+    _flag(
+        inputs, "input_path", metavar="PATH", help="a .json/.jsonl bundle, or an image/video to condition on"
+    )
+    _flag(
+        inputs,
+        "override_visual_input",
+        metavar="PATH",
+        help="image/video that replaces the bundle's input_path",
+    )
+    _flag(inputs, "prompt", help="the prompt text (overrides the bundle's prompt)")
+    _flag(inputs, "prompt_path", metavar="PATH", help="a text file holding the prompt (stripped)")
+    _flag(inputs, "negative_prompt", help="negative prompt (default: the bundle's, else the pipeline's own)")
+    _flag(inputs, "negative_prompt_path", metavar="PATH", help="a text file holding the negative prompt")
+    _flag(inputs, "name", help="names the run and the default output file")
+
+    output = parser.add_argument_group("output")
+    _flag(
+        output,
+        "output_path",
+        metavar="PATH",
+        help="output file (.mp4 for video, .png for one frame), or a folder for many requests "
+        "(default: outputs/<name>.<mp4|png>)",
+    )
+    _flag(output, "overwrite", action="store_true", help="replace an existing output file")
+    _flag(
+        output,
+        "num_output_frames",
+        type=int,
+        metavar="N",
+        help="frames to generate, 4k+1 (default 93); 1 = image",
+    )
+    _flag(
+        output,
+        "resolution",
+        choices=list(RESOLUTIONS),
+        help="named size: "
+        + ", ".join(f"{name} = {h}x{w}" for name, (h, w) in RESOLUTIONS.items())
+        + " (default 720p)",
+    )
+    _flag(output, "height", type=int, help="output height, a multiple of 16 (overrides --resolution)")
+    _flag(output, "width", type=int, help="output width, a multiple of 16 (overrides --resolution)")
+    _flag(
+        output,
+        "fit",
+        choices=["crop", "stretch"],
+        help="fit input media to the output size: crop keeps the aspect ratio (default), "
+        "stretch is upstream's",
+    )
+
+    sampling = parser.add_argument_group("sampling")
+    _flag(sampling, "seed", type=int, help="random seed (default: chosen and reported)")
+    _flag(sampling, "num_steps", type=int, metavar="N", help="denoising steps (default 36)")
+    _flag(
+        sampling, "guidance", type=float, metavar="SCALE", help="classifier-free guidance scale (default 7.0)"
+    )
+    _flag(
+        sampling,
+        "num_latent_conditional_frames",
+        type=int,
+        choices=[1, 2],
+        help="Video2World: latent frames of the input kept as condition (default 2 = last 5 frames)",
+    )
+
+    model = parser.add_argument_group("model")
+    _flag(model, "model_id", help=f"hub id, local folder, or embedded:tiny (default {DEFAULT_MODEL_ID})")
+    _flag(model, "revision", help=f"hub revision (default {DEFAULT_REVISION}; or diffusers/base/pre-trained)")
+    _flag(model, "device", help="torch device (default cuda, falling back to cpu)")
+    _flag(model, "device_map", help="diffusers device map, e.g. balanced to shard over several GPUs")
+    _flag(
+        model,
+        "dtype",
+        choices=["bfloat16", "float16", "float32"],
+        help="weights precision (default bfloat16)",
+    )
+    _flag(
+        model,
+        "guardrail",
+        choices=["auto", "on", "off"],
+        help="Cosmos guardrail: auto = on for real models, off for the embedded one (default auto)",
+    )
+    return parser
+
+
+def parse_args(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Flag values by name; None for a flag that was not given (so bundle values can show through)."""
+    values = vars(build_parser().parse_args(argv))
+    if values["overwrite"] is None:
+        values.pop("overwrite")
+    return values
+
+
+def run(argv: Sequence[str] | None = None) -> int:
+    from cosmos_pipeline.bundle import resolve_requests
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        requests = resolve_requests(parse_args(argv))
+    except InputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_INPUT
+    from cosmos_pipeline.runner import run_requests
+
+    try:
+        run_requests(requests)
+    except InputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_INPUT
+    except GuardrailUnavailableError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_GUARDRAIL
+    except Exception as error:  # one paragraph for the user; the cause is in the log
+        from cosmos_pipeline.generate import UnsafeContentError
+
+        if isinstance(error, UnsafeContentError):
+            print(f"error: {error}", file=sys.stderr)
+            return EXIT_GUARDRAIL
+        logging.getLogger(__name__).debug("generation failed", exc_info=True)
+        print(f"error: generation failed: {type(error).__name__}: {error}", file=sys.stderr)
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
+def main() -> None:
+    sys.exit(run())
