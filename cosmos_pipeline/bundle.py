@@ -95,7 +95,9 @@ def _take_text(layer: dict[str, Any], key: str) -> str | None:
     path = layer.pop(f"{key}_path", None)
     inline = layer.pop(key, None)
     if inline is not None:
-        return str(inline)
+        if not isinstance(inline, str):
+            raise InputError(f"`{key}` must be text, not {inline!r}")
+        return inline
     return None if path is None else _read_text_file(path, f"{key}_path")
 
 
@@ -167,7 +169,10 @@ def resolve_requests(cli: Mapping[str, Any]) -> list[GenerationRequest]:
     requests = []
     for entry in entries:
         where = entry.pop("_where")
-        fields = merge(cli, entry)
+        try:
+            fields = merge(cli, entry)
+        except InputError as error:
+            raise InputError(f"{where}: {error}") from None
         fields.setdefault("name", Path(input_path).stem if input_path and len(entries) == 1 else None)
         fields["output_path"] = output or fields.get("output_path") or default_output_path(fields, output_dir)
         request = build_request(fields, where).with_seed()

@@ -1,0 +1,24 @@
+"""Fixtures for the core: the embedded model built once per test session in a temp cache."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+from cosmos_pipeline.request import GenerationRequest
+
+REPO = Path(__file__).resolve().parents[2]
+ASSETS = REPO / "assets"
+# Small enough for a 2-core CPU, large enough to exercise 8x VAE downsampling and 2x2 patches.
+TINY = {"model_id": "embedded:tiny", "height": 64, "width": 112, "num_inference_steps": 2, "device": "cpu"}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def embedded_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if "COSMOS_CACHE_DIR" not in os.environ:
+        os.environ["COSMOS_CACHE_DIR"] = str(tmp_path_factory.mktemp("cosmos-cache"))
+    return Path(os.environ["COSMOS_CACHE_DIR"])
+
+
+def tiny_request(**overrides) -> GenerationRequest:
+    return GenerationRequest(**{"prompt": "a robot arm stacks boxes", "num_frames": 9, "seed": 3, **TINY, **overrides})

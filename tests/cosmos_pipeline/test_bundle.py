@@ -1,0 +1,127 @@
+import json
+from pathlib import Path
+
+import pytest
+
+from cosmos_pipeline.bundle import read_bundle, resolve_requests
+from cosmos_pipeline.errors import InputError
+from cosmos_pipeline.request import RESOLUTIONS
+
+from .conftest import ASSETS
+
+
+def write_bundle(path: Path, entry: dict) -> Path:
+    path.write_text(json.dumps(entry))
+    return path
+
+
+def resolve(tmp_path: Path, **cli) -> list:
+    return resolve_requests({"output_path": str(tmp_path / "out"), **cli})
+
+
+def test_bundle_paths_are_relative_to_the_bundle(tmp_path):
+    [request] = resolve(tmp_path, input_path=str(ASSETS / "image2world.json"))
+    assert request.input_path == ASSETS / "media" / "warehouse_robot.png"
+    assert request.mode == "image2world" and request.name == "image2world_robot_arm"
+    assert request.output_path == tmp_path / "out" / "image2world_robot_arm.mp4"
+
+
+def test_bundle_negative_prompt_is_honoured(tmp_path):
+    [request] = resolve(tmp_path, input_path=str(ASSETS / "image2world.json"))
+    assert request.negative_prompt.startswith("The video is blurry")
+
+
+def test_prompt_file_is_read_and_stripped(tmp_path):
+    [request] = resolve(tmp_path, input_path=str(ASSETS / "prompt_file.json"))
+    expected = (ASSETS / "prompts" / "night_street.txt").read_text().strip()
+    assert request.prompt == expected and not request.prompt.startswith("\n")
+
+
+def test_upstream_keys_are_accepted_and_seed_names_mapped(tmp_path):
+    bundle = write_bundle(
+        tmp_path / "b.json",
+        {"name": "n", "inference_type": "text2world", "prompt": "p", "num_output_frames": 9, "num_steps": 4,
+         "guidance": 3.5, "seed": 11, "something_new": [1, 2]},
+    )
+    [request] = resolve(tmp_path, input_path=str(bundle))
+    assert (request.num_frames, request.num_inference_steps, request.guidance_scale, request.seed) == (9, 4, 3.5, 11)
+
+
+def test_precedence_cli_over_bundle_over_default(tmp_path):
+    bundle = write_bundle(tmp_path / "b.json", {"prompt": "bundle", "num_output_frames": 9, "seed": 1})
+    [request] = resolve(tmp_path, input_path=str(bundle), prompt="cli", seed=2)
+    assert (request.prompt, request.seed, request.num_frames) == ("cli", 2, 9)  # CLI, CLI, bundle
+    assert request.num_inference_steps == 36  # default
+
+
+def test_cli_prompt_file_beats_bundle_inline_prompt(tmp_path):
+    (tmp_path / "p.txt").write_text("  from the file \n")
+    bundle = write_bundle(tmp_path / "b.json", {"prompt": "bundle"})
+    [request] = resolve(tmp_path, input_path=str(bundle), prompt_path=str(tmp_path / "p.txt"))
+    assert request.prompt == "from the file"
+
+
+def test_override_visual_input_replaces_bundle_media(tmp_path):
+    [request] = resolve(
+        tmp_path, input_path=str(ASSETS / "image2world.json"),
+        override_visual_input=str(ASSETS / "media" / "rolling_ball.mp4"),
+    )
+    assert request.mode == "video2world"
+
+
+def test_media_as_input_path_and_resolution_preset(tmp_path):
+    [request] = resolve(tmp_path, input_path=str(ASSETS / "media" / "warehouse_robot.png"), prompt="p",
+                        resolution="480p")
+    assert request.mode == "image2world" and request.name == "warehouse_robot"
+    assert (request.height, request.width) == RESOLUTIONS["480p"]
+    [request] = resolve(tmp_path, prompt="p", resolution="480p", height=512)
+    assert (request.height, request.width) == (512, RESOLUTIONS["480p"][1])  # explicit size beats the preset
+
+
+def test_jsonl_bundle_gives_many_requests_with_their_own_outputs(tmp_path):
+    requests = resolve(tmp_path, input_path=str(ASSETS / "batch.jsonl"))
+    assert [r.mode for r in requests] == ["text2world", "image2world", "text2image"]
+    assert [r.output_path.name for r in requests] == ["batch_warehouse.mp4", "batch_robot_arm.mp4",
+                                                      "batch_kitchen.png"]
+    with pytest.raises(InputError, match="names one file but the bundle holds 3 requests"):
+        resolve_requests({"input_path": str(ASSETS / "batch.jsonl"), "output_path": str(tmp_path / "x.mp4")})
+
+
+def test_same_output_twice_is_refused(tmp_path):
+    bundle = tmp_path / "b.jsonl"
+    bundle.write_text('{"name": "a", "prompt": "p"}\n{"name": "a", "prompt": "q"}\n')
+    with pytest.raises(InputError, match="same output"):
+        resolve(tmp_path, input_path=str(bundle))
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("{not json", "is not valid JSON"),
+        ("[1, 2]", "must hold a JSON object"),
+        ('{"prompt": "p", "num_output_frames": "many"}', "`num_frames`: Input should be a valid integer"),
+        ('{"prompt": 3}', "`prompt`"),
+        ('{"prompt": "p", "input_path": 5}', "`input_path` must be a path string"),
+        ('{"prompt": ""}', "prompt is empty"),
+        ('{"prompt": "p", "resolution": "999p"}', "unknown resolution"),
+    ],
+)
+def test_bad_bundles_name_the_problem(tmp_path, content, message):
+    bundle = tmp_path / "bad.json"
+    bundle.write_text(content)
+    with pytest.raises(InputError, match=message):
+        resolve(tmp_path, input_path=str(bundle))
+
+
+def test_missing_bundle_and_missing_media(tmp_path):
+    with pytest.raises(InputError, match="bundle not found"):
+        resolve(tmp_path, input_path=str(tmp_path / "nope.json"))
+    bundle = write_bundle(tmp_path / "b.json", {"prompt": "p", "input_path": "missing.png"})
+    with pytest.raises(InputError, match="missing.png"):
+        resolve(tmp_path, input_path=str(bundle))
+
+
+def test_read_bundle_skips_blank_jsonl_lines(tmp_path):
+    bundle = tmp_path / "b.jsonl"
+    bundle.write_text('{"prompt": "a"}\n\n{"prompt": "b"}\n')
+    assert [entry["prompt"] for entry in read_bundle(bundle)] == ["a", "b"]

@@ -1,0 +1,56 @@
+import sys
+
+import pytest
+
+from cosmos_pipeline import loading
+from cosmos_pipeline.errors import GuardrailUnavailableError
+from cosmos_pipeline.guardrail import PassThroughSafetyChecker, effective_guardrail, load_safety_checker
+from cosmos_pipeline.loading import PipelineCache, PipelineKey, model_location
+from cosmos_pipeline.runner import run_requests
+
+from .conftest import tiny_request
+
+
+def test_second_request_in_one_process_reuses_the_loaded_pipeline(tmp_path):
+    cache = PipelineCache()
+    first = tiny_request(output_path=tmp_path / "a.mp4")
+    second = tiny_request(output_path=tmp_path / "b.mp4", seed=9, prompt="another prompt")
+    outputs = run_requests([first, second], cache)
+    assert [o.path.exists() for o in outputs] == [True, True]
+    assert cache.loads == {PipelineKey.for_request(first): 1}
+
+
+def test_cache_evicts_least_recently_used_variant():
+    cache = PipelineCache(capacity=1)
+    pre = PipelineKey.for_request(tiny_request(revision="diffusers/base/pre-trained"))
+    post = PipelineKey.for_request(tiny_request(revision="diffusers/base/post-trained"))
+    cache.get(pre), cache.get(post), cache.get(pre)
+    assert cache.loads[pre] == 2 and cache.loads[post] == 1
+
+
+def test_model_location_local_folder_hub_and_embedded(tmp_path):
+    assert model_location("nvidia/Cosmos-Predict2.5-14B", "diffusers/base/pre-trained") == (
+        "nvidia/Cosmos-Predict2.5-14B", "diffusers/base/pre-trained")
+    assert model_location(str(tmp_path), "ignored") == (str(tmp_path), None)
+    path, revision = model_location("embedded:tiny", "diffusers/base/pre-trained")
+    assert revision is None and path.endswith(tuple("0123456789abcdef"))
+
+
+def test_cuda_falls_back_to_cpu_without_a_gpu(monkeypatch):
+    monkeypatch.setattr(loading.torch.cuda, "is_available", lambda: False)
+    assert loading.resolve_device("cuda") == "cpu"
+    assert loading.resolve_device("cpu") == "cpu"
+
+
+def test_guardrail_choice():
+    assert effective_guardrail("auto", embedded=True) is False
+    assert effective_guardrail("auto", embedded=False) is True
+    assert effective_guardrail("on", embedded=True) is True
+    assert effective_guardrail("off", embedded=False) is False
+    assert isinstance(load_safety_checker(False), PassThroughSafetyChecker)
+
+
+def test_guardrail_unavailable_says_how_to_install_or_disable(monkeypatch):
+    monkeypatch.setitem(sys.modules, "cosmos_guardrail", None)  # as if not installed: import fails
+    with pytest.raises(GuardrailUnavailableError, match="pip install cosmos_guardrail.*--guardrail off"):
+        load_safety_checker(True)
