@@ -69,7 +69,9 @@ def load_pipeline(key: PipelineKey):
     location, revision = model_location(key.model_id, key.revision)
     safety_checker = load_safety_checker(key.guardrail)
     verbosity = diffusers_logging.get_verbosity()
-    if not key.guardrail:  # diffusers warns that the pass-through is not a CosmosSafetyChecker: it is on purpose
+    if (
+        not key.guardrail
+    ):  # diffusers warns that the pass-through is not a CosmosSafetyChecker: it is on purpose
         diffusers_logging.set_verbosity_error()
     try:
         pipe = Cosmos2_5_PredictBasePipeline.from_pretrained(

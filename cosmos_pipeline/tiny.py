@@ -188,6 +188,7 @@ def build_scheduler():
 def save_tiny_pipeline(revision: str, directory: Path) -> None:
     """Build the tiny pipeline for `revision` and `save_pretrained` it into `directory`."""
     from diffusers import Cosmos2_5_PredictBasePipeline
+    from diffusers.utils import logging as diffusers_logging
 
     from cosmos_pipeline.guardrail import PassThroughSafetyChecker
 
@@ -200,7 +201,12 @@ def save_tiny_pipeline(revision: str, directory: Path) -> None:
         scheduler=build_scheduler(),
         safety_checker=PassThroughSafetyChecker(),
     )
-    pipe.save_pretrained(directory, safe_serialization=True)
+    verbosity = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()  # it would warn that the pass-through checker is not saved: right
+    try:
+        pipe.save_pretrained(directory, safe_serialization=True)
+    finally:
+        diffusers_logging.set_verbosity(verbosity)
     # The real checkpoints carry no safety_checker folder; the guardrail is attached at load time.
     index = directory / "model_index.json"
     config = json.loads(index.read_text())

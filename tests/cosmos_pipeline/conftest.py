@@ -21,4 +21,6 @@ def embedded_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def tiny_request(**overrides) -> GenerationRequest:
-    return GenerationRequest(**{"prompt": "a robot arm stacks boxes", "num_frames": 9, "seed": 3, **TINY, **overrides})
+    return GenerationRequest(
+        **{"prompt": "a robot arm stacks boxes", "num_frames": 9, "seed": 3, **TINY, **overrides}
+    )

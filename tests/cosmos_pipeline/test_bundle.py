@@ -40,11 +40,24 @@ def test_prompt_file_is_read_and_stripped(tmp_path):
 def test_upstream_keys_are_accepted_and_seed_names_mapped(tmp_path):
     bundle = write_bundle(
         tmp_path / "b.json",
-        {"name": "n", "inference_type": "text2world", "prompt": "p", "num_output_frames": 9, "num_steps": 4,
-         "guidance": 3.5, "seed": 11, "something_new": [1, 2]},
+        {
+            "name": "n",
+            "inference_type": "text2world",
+            "prompt": "p",
+            "num_output_frames": 9,
+            "num_steps": 4,
+            "guidance": 3.5,
+            "seed": 11,
+            "something_new": [1, 2],
+        },
     )
     [request] = resolve(tmp_path, input_path=str(bundle))
-    assert (request.num_frames, request.num_inference_steps, request.guidance_scale, request.seed) == (9, 4, 3.5, 11)
+    assert (request.num_frames, request.num_inference_steps, request.guidance_scale, request.seed) == (
+        9,
+        4,
+        3.5,
+        11,
+    )
 
 
 def test_precedence_cli_over_bundle_over_default(tmp_path):
@@ -63,15 +76,17 @@ def test_cli_prompt_file_beats_bundle_inline_prompt(tmp_path):
 
 def test_override_visual_input_replaces_bundle_media(tmp_path):
     [request] = resolve(
-        tmp_path, input_path=str(ASSETS / "image2world.json"),
+        tmp_path,
+        input_path=str(ASSETS / "image2world.json"),
         override_visual_input=str(ASSETS / "media" / "rolling_ball.mp4"),
     )
     assert request.mode == "video2world"
 
 
 def test_media_as_input_path_and_resolution_preset(tmp_path):
-    [request] = resolve(tmp_path, input_path=str(ASSETS / "media" / "warehouse_robot.png"), prompt="p",
-                        resolution="480p")
+    [request] = resolve(
+        tmp_path, input_path=str(ASSETS / "media" / "warehouse_robot.png"), prompt="p", resolution="480p"
+    )
     assert request.mode == "image2world" and request.name == "warehouse_robot"
     assert (request.height, request.width) == RESOLUTIONS["480p"]
     [request] = resolve(tmp_path, prompt="p", resolution="480p", height=512)
@@ -81,8 +96,11 @@ def test_media_as_input_path_and_resolution_preset(tmp_path):
 def test_jsonl_bundle_gives_many_requests_with_their_own_outputs(tmp_path):
     requests = resolve(tmp_path, input_path=str(ASSETS / "batch.jsonl"))
     assert [r.mode for r in requests] == ["text2world", "image2world", "text2image"]
-    assert [r.output_path.name for r in requests] == ["batch_warehouse.mp4", "batch_robot_arm.mp4",
-                                                      "batch_kitchen.png"]
+    assert [r.output_path.name for r in requests] == [
+        "batch_warehouse.mp4",
+        "batch_robot_arm.mp4",
+        "batch_kitchen.png",
+    ]
     with pytest.raises(InputError, match="names one file but the bundle holds 3 requests"):
         resolve_requests({"input_path": str(ASSETS / "batch.jsonl"), "output_path": str(tmp_path / "x.mp4")})
 

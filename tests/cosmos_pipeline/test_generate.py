@@ -42,9 +42,15 @@ def test_every_mode_matches_the_diffusers_call(cache, mode):
     elif request.source == "video":
         media["video"] = [PIL.Image.fromarray(frame) for frame in conditioning]
     reference = pipe(
-        prompt=request.prompt, height=request.height, width=request.width, num_frames=request.num_frames,
-        num_inference_steps=request.num_inference_steps, guidance_scale=request.guidance_scale,
-        generator=torch.Generator().manual_seed(request.seed), output_type="np", **media,
+        prompt=request.prompt,
+        height=request.height,
+        width=request.width,
+        num_frames=request.num_frames,
+        num_inference_steps=request.num_inference_steps,
+        guidance_scale=request.guidance_scale,
+        generator=torch.Generator().manual_seed(request.seed),
+        output_type="np",
+        **media,
     ).frames[0]
     np.testing.assert_array_equal(result.frames, (reference * 255).astype(np.uint8))
 
@@ -52,7 +58,9 @@ def test_every_mode_matches_the_diffusers_call(cache, mode):
 def test_result_reports_seed_timings_and_guardrail(cache):
     steps = []
     request = tiny_request(seed=None)
-    result = generate(cache.get(PipelineKey.for_request(request)), request, on_step=lambda *a: steps.append(a))
+    result = generate(
+        cache.get(PipelineKey.for_request(request)), request, on_step=lambda *a: steps.append(a)
+    )
     assert isinstance(result.seed, int) and result.request.seed == result.seed
     assert len(result.timings.steps_s) == request.num_inference_steps == len(steps)
     assert [s[:2] for s in steps] == [(0, 2), (1, 2)]

@@ -30,7 +30,9 @@ def test_cache_evicts_least_recently_used_variant():
 
 def test_model_location_local_folder_hub_and_embedded(tmp_path):
     assert model_location("nvidia/Cosmos-Predict2.5-14B", "diffusers/base/pre-trained") == (
-        "nvidia/Cosmos-Predict2.5-14B", "diffusers/base/pre-trained")
+        "nvidia/Cosmos-Predict2.5-14B",
+        "diffusers/base/pre-trained",
+    )
     assert model_location(str(tmp_path), "ignored") == (str(tmp_path), None)
     path, revision = model_location("embedded:tiny", "diffusers/base/pre-trained")
     assert revision is None and path.endswith(tuple("0123456789abcdef"))

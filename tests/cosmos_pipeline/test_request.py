@@ -65,7 +65,10 @@ def test_output_kind_must_match_frame_count():
 def test_video_input_needs_frames_beyond_the_condition():
     with pytest.raises(ValidationError, match="keeps the last 5 input frames"):
         make(input_path=Path("clip.mp4"), num_frames=5)
-    assert make(input_path=Path("clip.mp4"), num_frames=5, num_latent_conditional_frames=1).conditioning_frames == 1
+    assert (
+        make(input_path=Path("clip.mp4"), num_frames=5, num_latent_conditional_frames=1).conditioning_frames
+        == 1
+    )
 
 
 def test_unsupported_media_suffix():

@@ -34,8 +34,12 @@ def test_build_is_deterministic_and_revisions_differ():
 def test_tokenizer_knows_the_chat_template_tokens():
     tokenizer = tiny.build_tokenizer()
     ids = tokenizer.apply_chat_template(
-        [{"role": "user", "content": [{"type": "text", "text": "a robot"}]}], tokenize=True,
-        add_generation_prompt=False, max_length=16, truncation=True, padding="max_length",
+        [{"role": "user", "content": [{"type": "text", "text": "a robot"}]}],
+        tokenize=True,
+        add_generation_prompt=False,
+        max_length=16,
+        truncation=True,
+        padding="max_length",
     )
     ids = ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids
     assert ids[0] == tokenizer.convert_tokens_to_ids("<|im_start|>") and len(ids) == 16
