@@ -109,7 +109,14 @@ def encode_prompts(
 
 
 @torch.no_grad()
-def generate(pipe, request: GenerationRequest, on_step: StepCallback | None = None) -> GenerationResult:
+def generate(
+    pipe,
+    request: GenerationRequest,
+    on_step: StepCallback | None = None,
+    conditioning: np.ndarray | None = None,
+) -> GenerationResult:
+    """Run `request` on `pipe`. `conditioning` (T, H, W, 3) replaces the frames read from
+    `request.input_path` (long videos condition each window on the previous one, in memory)."""
     request = request.with_seed()
     timings = Timings()
     device = pipe._execution_device
@@ -128,7 +135,9 @@ def generate(pipe, request: GenerationRequest, on_step: StepCallback | None = No
 
     # 2. Conditioning input (Image2World / Video2World)
     stage = time.perf_counter()
-    video, num_frames_in = conditioning_video(pipe, request, load_conditioning(request))
+    if conditioning is None:
+        conditioning = load_conditioning(request)
+    video, num_frames_in = conditioning_video(pipe, request, conditioning)
     video = video.to(device=device, dtype=pipe.vae.dtype)
     timings.conditioning_s = time.perf_counter() - stage
 
