@@ -70,7 +70,7 @@ def load_conditioning(request: GenerationRequest) -> np.ndarray | None:
 
 
 def conditioning_video(
-    pipe, request: GenerationRequest, frames: np.ndarray | None
+    pipe, request: GenerationRequest, frames: np.ndarray | None, source: str
 ) -> tuple[torch.Tensor, int]:
     """The pipeline's `video` tensor (B, C, T, H, W) and how many of its frames are real input."""
     import torchvision.transforms.functional
@@ -78,7 +78,7 @@ def conditioning_video(
     height, width, num_frames = request.height, request.width, request.num_frames
     if frames is None:
         return torch.zeros(1, 3, num_frames, height, width, dtype=torch.uint8), 0
-    if request.source == "image":
+    if source == "image":
         image = torchvision.transforms.functional.to_tensor(PIL.Image.fromarray(frames[0])).unsqueeze(0)
         video = torch.cat([image, torch.zeros_like(image).repeat(num_frames - 1, 1, 1, 1)], dim=0)
         return pipe.video_processor.preprocess_video(video.unsqueeze(0), height, width), 1
@@ -135,9 +135,10 @@ def generate(
 
     # 2. Conditioning input (Image2World / Video2World)
     stage = time.perf_counter()
+    source = request.source if conditioning is None else "video"
     if conditioning is None:
         conditioning = load_conditioning(request)
-    video, num_frames_in = conditioning_video(pipe, request, conditioning)
+    video, num_frames_in = conditioning_video(pipe, request, conditioning, source)
     video = video.to(device=device, dtype=pipe.vae.dtype)
     timings.conditioning_s = time.perf_counter() - stage
 
