@@ -45,6 +45,7 @@ class GenerationResult:
     guardrail: bool
     timings: Timings
     peak_memory_bytes: int | None  # on CUDA only
+    seams: list[int] = field(default_factory=list)  # long videos: index of each window's first new frame
 
     @property
     def seed(self) -> int:

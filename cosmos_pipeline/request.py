@@ -6,6 +6,8 @@ script's flag names map onto them in `cosmos_pipeline.bundle` only. The mode is 
 the inputs, never declared.
 """
 
+import hashlib
+import json
 import secrets
 from pathlib import Path
 from typing import Literal
@@ -20,6 +22,7 @@ DEFAULT_REVISION = "diffusers/base/post-trained"
 # Named sizes (height, width). 720p is what the model was trained for; 480p is the native
 # scripts' smaller preset; 256p is a preview size that keeps the embedded model fast on a CPU.
 RESOLUTIONS: dict[str, tuple[int, int]] = {"720p": (704, 1280), "480p": (480, 832), "256p": (256, 448)}
+MAX_WINDOW_FRAMES = 93  # frames one denoising window makes (the model's training length); longer = chained
 VAE_TEMPORAL_FACTOR = 4  # Wan 2.1 VAE: 4 frames per latent frame (after the first)
 SIZE_MULTIPLE = 16  # 8x VAE downsampling times the transformer's 2x2 patches
 
@@ -49,8 +52,14 @@ class GenerationRequest(BaseModel):
     num_inference_steps: int = Field(default=36, ge=1, le=1000)
     guidance_scale: float = Field(default=7.0, ge=0.0, le=100.0)  # <= 1 turns classifier-free guidance off
     seed: int | None = Field(default=None, ge=0, lt=2**63)
+    seed_chosen: bool = False  # True when no seed was given and one was drawn (`with_seed`)
     num_latent_conditional_frames: int = Field(default=2, ge=1, le=2)  # Video2World: 1 or 2 latent frames
     fit: FitMode = "crop"
+    # Long videos (num_frames > MAX_WINDOW_FRAMES) chain Video2World windows; defaults of the native scripts.
+    chunk_size: int = Field(default=77, ge=5, le=MAX_WINDOW_FRAMES)  # frames per window, 4k+1
+    chunk_overlap: int = Field(default=1, ge=1, le=2)  # latent frames each window takes from the previous
+    lora_path: Path | None = None  # a LoRA adapter (diffusers format) applied to the transformer
+    lora_scale: float = Field(default=1.0, ge=0.0, le=10.0)
     model_id: str = DEFAULT_MODEL_ID
     revision: str = DEFAULT_REVISION
     device: str = "cuda"
@@ -72,7 +81,7 @@ class GenerationRequest(BaseModel):
     def _strip_negative(cls, negative_prompt: str | None) -> str | None:
         return None if negative_prompt is None else negative_prompt.strip()
 
-    @field_validator("num_frames")
+    @field_validator("num_frames", "chunk_size")
     @classmethod
     def _frames_4k_plus_1(cls, num_frames: int) -> int:
         if num_frames != 1 and (num_frames - 1) % VAE_TEMPORAL_FACTOR:
@@ -116,6 +125,16 @@ class GenerationRequest(BaseModel):
         return self
 
     @model_validator(mode="after")
+    def _long_video_windows(self) -> "GenerationRequest":
+        if self.is_long and self.chunk_size <= self.overlap_frames + VAE_TEMPORAL_FACTOR - 1:
+            raise ValueError(
+                f"chunk_size {self.chunk_size} leaves no new frames after an overlap of "
+                f"{self.overlap_frames}; "
+                f"use at least {self.overlap_frames + VAE_TEMPORAL_FACTOR}"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _output_kind(self) -> "GenerationRequest":
         if self.output_path is not None:
             wanted = ".png" if self.num_frames == 1 else ".mp4"
@@ -147,6 +166,31 @@ class GenerationRequest(BaseModel):
             return 1
         return VAE_TEMPORAL_FACTOR * (self.num_latent_conditional_frames - 1) + 1
 
+    @property
+    def is_long(self) -> bool:
+        return self.num_frames > MAX_WINDOW_FRAMES
+
+    @property
+    def overlap_frames(self) -> int:
+        """Pixel frames each later window of a long video re-uses from the previous one."""
+        return VAE_TEMPORAL_FACTOR * (self.chunk_overlap - 1) + 1
+
     def with_seed(self) -> "GenerationRequest":
         """This request with a seed chosen now if it had none, so every run is reproducible."""
-        return self if self.seed is not None else self.model_copy(update={"seed": secrets.randbelow(2**31)})
+        if self.seed is not None:
+            return self
+        return self.model_copy(update={"seed": secrets.randbelow(2**31), "seed_chosen": True})
+
+    def key(self) -> str:
+        """A stable hash of everything that determines the output (not where it goes or on which device).
+
+        A seed drawn by `with_seed` is left out, so re-running a request that gave no seed finds its
+        earlier output. Input media count by content, not by path.
+        """
+        ignored = {"name", "output_path", "overwrite", "device", "device_map", "seed_chosen"}
+        fields = self.model_dump(mode="json", exclude=ignored)
+        if self.seed_chosen:
+            fields["seed"] = None
+        if self.input_path is not None and self.input_path.is_file():
+            fields["input_path"] = hashlib.sha256(self.input_path.read_bytes()).hexdigest()
+        return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
