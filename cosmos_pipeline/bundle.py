@@ -7,8 +7,10 @@ accepted and ignored; `name` names the run and its output.
 """
 
 import json
+import logging
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,9 @@ from pydantic import ValidationError
 from cosmos_pipeline.errors import InputError
 from cosmos_pipeline.media import check_media, check_output_path, read_video
 from cosmos_pipeline.request import RESOLUTIONS, GenerationRequest
+from cosmos_pipeline.sidecar import read_sidecar
+
+logger = logging.getLogger(__name__)
 
 BUNDLE_SUFFIXES = frozenset({".json", ".jsonl"})
 DEFAULT_OUTPUT_DIR = Path("outputs")
@@ -143,16 +148,43 @@ def build_request(fields: Mapping[str, Any], where: str) -> GenerationRequest:
         raise InputError(_format_validation_error(error, where)) from None
 
 
-def resolve_requests(cli: Mapping[str, Any]) -> list[GenerationRequest]:
+@dataclass
+class Plan:
+    """What an invocation will run, and what it skips because the output already exists."""
+
+    requests: list[GenerationRequest] = field(default_factory=list)
+    skipped: list[GenerationRequest] = field(default_factory=list)
+
+
+def already_done(request: GenerationRequest) -> bool:
+    """The output exists and its sidecar records the same request key."""
+    assert request.output_path is not None
+    record = read_sidecar(request.output_path) if request.output_path.exists() else None
+    return record is not None and record.get("request_key") == request.key()
+
+
+def read_entries(input_path: Path) -> list[dict[str, Any]]:
+    """Entries of a bundle, or of every bundle in a folder (sorted by name)."""
+    if input_path.is_dir():
+        bundles = sorted(path for path in input_path.iterdir() if is_bundle(path))
+        if not bundles:
+            raise InputError(f"folder {input_path} holds no .json or .jsonl bundles")
+        return [entry for bundle in bundles for entry in read_bundle(bundle)]
+    return read_bundle(input_path)
+
+
+def resolve_requests(cli: Mapping[str, Any], skip_existing: bool = False) -> Plan:
     """The requests a CLI invocation asks for, validated and pre-flighted before any model loads.
 
     `cli` maps flag names (seed or request spelling) to values, None meaning "not given".
-    `input_path` may be a bundle or a media file. Every request gets a seed and an output path.
+    `input_path` may be a bundle, a folder of bundles or a media file. Every request gets a seed
+    and an output path. With `skip_existing`, requests whose output exists with the same request
+    key are skipped rather than refused.
     """
     cli = dict(cli)
     input_path = cli.pop("input_path", None)
-    if input_path is not None and is_bundle(Path(input_path)):
-        entries = read_bundle(Path(input_path))
+    if input_path is not None and (is_bundle(Path(input_path)) or Path(input_path).is_dir()):
+        entries = read_entries(Path(input_path))
     else:
         if input_path is not None:
             cli["input_path"] = str(input_path)
@@ -166,7 +198,7 @@ def resolve_requests(cli: Mapping[str, Any]) -> list[GenerationRequest]:
             f"--output_path {output} names one file but the bundle holds {len(entries)} requests; "
             "give a folder instead"
         )
-    requests = []
+    plan = Plan()
     for entry in entries:
         where = entry.pop("_where")
         try:
@@ -175,16 +207,21 @@ def resolve_requests(cli: Mapping[str, Any]) -> list[GenerationRequest]:
             raise InputError(f"{where}: {error}") from None
         fields.setdefault("name", Path(input_path).stem if input_path and len(entries) == 1 else None)
         fields["output_path"] = output or fields.get("output_path") or default_output_path(fields, output_dir)
-        request = build_request(fields, where).with_seed()
+        request = build_request(fields, where)
+        if skip_existing and already_done(request):
+            logger.info("skipping %s: %s exists for the same request", where, request.output_path)
+            plan.skipped.append(request)
+            continue
+        request = request.with_seed()
         preflight(request, where)
-        requests.append(request)
-    names = [request.output_path for request in requests]
+        plan.requests.append(request)
+    names = [request.output_path for request in plan.requests]
     duplicates = sorted({str(path) for path in names if names.count(path) > 1})
     if duplicates:
         raise InputError(
             f"several requests would write the same output: {', '.join(duplicates)}; give each a `name`"
         )
-    return requests
+    return plan
 
 
 def preflight(request: GenerationRequest, where: str) -> None:

@@ -81,6 +81,35 @@ def build_parser() -> argparse.ArgumentParser:
         "stretch is upstream's",
     )
 
+    _flag(
+        output,
+        "chunk_size",
+        type=int,
+        metavar="N",
+        help="long videos (more than 93 frames): frames per chained window, 4k+1 (default 77)",
+    )
+    _flag(
+        output,
+        "chunk_overlap",
+        type=int,
+        choices=[1, 2],
+        help="long videos: latent frames each window takes from the previous one (default 1)",
+    )
+
+    batch = parser.add_argument_group("batch")
+    _flag(
+        batch,
+        "skip_existing",
+        action="store_true",
+        help="skip requests whose output exists with the same request key (see the .json sidecar)",
+    )
+    _flag(
+        batch,
+        "keep_going",
+        action="store_true",
+        help="continue past a failing request; report every failure at the end (exit code 1)",
+    )
+
     sampling = parser.add_argument_group("sampling")
     _flag(sampling, "seed", type=int, help="random seed (default: chosen and reported)")
     _flag(sampling, "num_steps", type=int, metavar="N", help="denoising steps (default 36)")
@@ -96,6 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     model = parser.add_argument_group("model")
+    _flag(model, "lora_path", metavar="PATH", help="a LoRA adapter (diffusers format) for the transformer")
+    _flag(model, "lora_scale", type=float, help="strength of the LoRA adapter (default 1.0)")
     _flag(model, "model_id", help=f"hub id, local folder, or embedded:tiny (default {DEFAULT_MODEL_ID})")
     _flag(model, "revision", help=f"hub revision (default {DEFAULT_REVISION}; or diffusers/base/pre-trained)")
     _flag(model, "device", help="torch device (default cuda, falling back to cpu)")
@@ -117,39 +148,52 @@ def build_parser() -> argparse.ArgumentParser:
 
 def parse_args(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Flag values by name; None for a flag that was not given (so bundle values can show through)."""
-    values = vars(build_parser().parse_args(argv))
-    if values["overwrite"] is None:
-        values.pop("overwrite")
-    return values
+    return vars(build_parser().parse_args(argv))
+
+
+def split_run_options(values: dict[str, Any]) -> tuple[dict[str, Any], bool, bool]:
+    """Request values, then the batch options --skip_existing and --keep_going."""
+    values = dict(values)
+    return values, bool(values.pop("skip_existing", None)), bool(values.pop("keep_going", None))
+
+
+def error_exit_code(error: Exception) -> int:
+    """The exit code for an error raised while running requests."""
+    from cosmos_pipeline.generate import UnsafeContentError
+
+    if isinstance(error, InputError):
+        return EXIT_INPUT
+    if isinstance(error, GuardrailUnavailableError | UnsafeContentError):
+        return EXIT_GUARDRAIL
+    return EXIT_FAILURE
 
 
 def run(argv: Sequence[str] | None = None) -> int:
     from cosmos_pipeline.bundle import resolve_requests
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    values, skip_existing, keep_going = split_run_options(parse_args(argv))
     try:
-        requests = resolve_requests(parse_args(argv))
+        plan = resolve_requests(values, skip_existing=skip_existing)
     except InputError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_INPUT
     from cosmos_pipeline.runner import run_requests
 
+    if plan.skipped:
+        print(f"skipped {len(plan.skipped)} request(s) whose output already exists", file=sys.stderr)
     try:
-        run_requests(requests)
-    except InputError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return EXIT_INPUT
-    except GuardrailUnavailableError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return EXIT_GUARDRAIL
-    except Exception as error:  # one paragraph for the user; the cause is in the log
-        from cosmos_pipeline.generate import UnsafeContentError
-
-        if isinstance(error, UnsafeContentError):
-            print(f"error: {error}", file=sys.stderr)
-            return EXIT_GUARDRAIL
+        report = run_requests(plan.requests, keep_going=keep_going)
+    except Exception as error:  # one paragraph for the user; the cause is in the debug log
         logging.getLogger(__name__).debug("generation failed", exc_info=True)
-        print(f"error: generation failed: {type(error).__name__}: {error}", file=sys.stderr)
+        code = error_exit_code(error)
+        prefix = "" if code != EXIT_FAILURE else f"generation failed: {type(error).__name__}: "
+        print(f"error: {prefix}{error}", file=sys.stderr)
+        return code
+    if report.failures:
+        print(f"error: {len(report.failures)} of {len(plan.requests)} request(s) failed:", file=sys.stderr)
+        for failure in report.failures:
+            print(f"  {failure}", file=sys.stderr)
         return EXIT_FAILURE
     return EXIT_OK
 

@@ -31,6 +31,8 @@ class PipelineKey:
     device: str
     device_map: str | None
     guardrail: bool
+    lora_path: str | None = None
+    lora_scale: float = 1.0
 
     @classmethod
     def for_request(cls, request: GenerationRequest) -> "PipelineKey":
@@ -42,6 +44,8 @@ class PipelineKey:
             device=resolve_device(request.device),
             device_map=request.device_map,
             guardrail=effective_guardrail(request.guardrail, embedded),
+            lora_path=None if request.lora_path is None else str(request.lora_path.resolve()),
+            lora_scale=request.lora_scale,
         )
 
 
@@ -83,6 +87,10 @@ def load_pipeline(key: PipelineKey):
         )
     finally:
         diffusers_logging.set_verbosity(verbosity)
+    if key.lora_path is not None:
+        # diffusers' Cosmos LoRA loader; kept unfused so the base weights stay intact.
+        pipe.load_lora_weights(key.lora_path, adapter_name="variant")
+        pipe.set_adapters(["variant"], adapter_weights=[key.lora_scale])
     if key.device_map is None:
         pipe.to(key.device)
     return pipe

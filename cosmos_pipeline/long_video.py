@@ -34,7 +34,11 @@ def seam_consistency(frames: np.ndarray, seams: list[int]) -> dict[str, float]:
     seam_steps = [steps[s - 1] for s in seams]
     inside = np.delete(steps, [s - 1 for s in seams])
     seam, within = float(np.mean(seam_steps)), float(np.mean(inside)) if inside.size else 0.0
-    return {"seam_mean_abs_diff": seam, "window_mean_abs_diff": within, "seam_ratio": seam / max(within, 1e-6)}
+    return {
+        "seam_mean_abs_diff": seam,
+        "window_mean_abs_diff": within,
+        "seam_ratio": seam / max(within, 1e-6),
+    }
 
 
 def generate_long(pipe, request: GenerationRequest, on_step: StepCallback | None = None) -> GenerationResult:

@@ -16,7 +16,7 @@ def write_bundle(path: Path, entry: dict) -> Path:
 
 
 def resolve(tmp_path: Path, **cli) -> list:
-    return resolve_requests({"output_path": str(tmp_path / "out"), **cli})
+    return resolve_requests({"output_path": str(tmp_path / "out"), **cli}).requests
 
 
 def test_bundle_paths_are_relative_to_the_bundle(tmp_path):

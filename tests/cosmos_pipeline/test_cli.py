@@ -37,6 +37,10 @@ EXTRA_FLAGS = {
     "dtype": "float32",
     "guardrail": "off",
     "name": "n",
+    "chunk_size": "77",
+    "chunk_overlap": "1",
+    "lora_path": "adapter",
+    "lora_scale": "0.5",
 }
 TINY_ARGS = [
     "--model_id",
@@ -63,12 +67,14 @@ def test_every_flag_accepts_both_spellings(flag):
 def test_flags_not_given_are_none_so_bundles_show_through():
     values = cli.parse_args([])
     assert set(values) >= set(SEED_FLAGS) and all(v is None for v in values.values())
-    assert cli.parse_args(["--overwrite"])["overwrite"] is True
+    for switch in ("overwrite", "skip_existing", "keep_going"):
+        assert cli.parse_args([f"--{switch.replace('_', '-')}"])[switch] is True
+        assert cli.parse_args([f"--{switch}"])[switch] is True
 
 
 def test_help_documents_every_flag():
     text = cli.build_parser().format_help()
-    for flag in [*SEED_FLAGS, *EXTRA_FLAGS, "overwrite"]:
+    for flag in [*SEED_FLAGS, *EXTRA_FLAGS, "overwrite", "skip_existing", "keep_going"]:
         assert f"--{flag}" in text and f"--{flag.replace('_', '-')}" in text
 
 

@@ -15,7 +15,7 @@ def test_second_request_in_one_process_reuses_the_loaded_pipeline(tmp_path):
     cache = PipelineCache()
     first = tiny_request(output_path=tmp_path / "a.mp4")
     second = tiny_request(output_path=tmp_path / "b.mp4", seed=9, prompt="another prompt")
-    outputs = run_requests([first, second], cache)
+    outputs = run_requests([first, second], cache).outputs
     assert [o.path.exists() for o in outputs] == [True, True]
     assert cache.loads == {PipelineKey.for_request(first): 1}
 

@@ -1,0 +1,72 @@
+"""The record beside every output (`<output>.json`), so an output stays explainable away from MLflow."""
+
+import json
+import os
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import cosmos_pipeline
+from cosmos_pipeline.generate import GenerationResult
+
+
+def sidecar_path(output_path: Path) -> Path:
+    return output_path.with_name(output_path.name + ".json")
+
+
+def sidecar_record(result: GenerationResult, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    import diffusers
+    import torch
+
+    request, timings = result.request, result.timings
+    return {
+        "request": request.model_dump(mode="json"),
+        "request_key": request.key(),
+        "mode": request.mode,
+        "seed": result.seed,
+        "model_id": request.model_id,
+        "revision": request.revision,
+        "adapter": None
+        if request.lora_path is None
+        else {"path": str(request.lora_path), "scale": request.lora_scale},
+        "guardrail": result.guardrail,
+        "timings": {
+            "prompt_encoding_s": timings.prompt_encoding_s,
+            "conditioning_s": timings.conditioning_s,
+            "denoising_s": timings.denoising_s,
+            "steps_s": timings.steps_s,
+            "decode_s": timings.decode_s,
+            "total_s": timings.total_s,
+        },
+        "peak_memory_bytes": result.peak_memory_bytes,
+        "seams": result.seams,
+        "versions": {
+            "cosmos_pipeline": cosmos_pipeline.__version__,
+            "diffusers": diffusers.__version__,
+            "torch": torch.__version__,
+        },
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        **(extra or {}),
+    }
+
+
+def write_sidecar(result: GenerationResult, output_path: Path, extra: dict[str, Any] | None = None) -> Path:
+    """Write atomically; the sidecar follows its output, so it is replaced with it."""
+    path = sidecar_path(output_path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as file:
+            json.dump(sidecar_record(result, extra), file, indent=2)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_sidecar(output_path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(sidecar_path(output_path).read_text())
+    except (OSError, ValueError):
+        return None

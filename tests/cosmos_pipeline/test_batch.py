@@ -1,0 +1,119 @@
+"""Batches: a .jsonl bundle or a folder of bundles, --keep-going, --skip-existing, sidecars."""
+
+import json
+import shutil
+
+from cosmos_pipeline import cli, loading
+from cosmos_pipeline.request import GenerationRequest
+from cosmos_pipeline.sidecar import read_sidecar
+
+from .conftest import ASSETS, TINY
+
+TINY_ARGS = [
+    "--model_id",
+    "embedded:tiny",
+    "--height",
+    "64",
+    "--width",
+    "112",
+    "--num_steps",
+    "2",
+    "--device",
+    "cpu",
+]
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def test_keep_going_runs_past_a_failing_request_and_reports_it(tmp_path, capsys, monkeypatch):
+    bundle = write_jsonl(tmp_path / "b.jsonl", [
+        {"name": "ok1", "prompt": "a", "num_output_frames": 5, "seed": 1},
+        {"name": "boom", "prompt": "b", "num_output_frames": 5, "seed": 2},
+        {"name": "ok2", "prompt": "c", "num_output_frames": 5, "seed": 3},
+    ])  # fmt: skip
+    from cosmos_pipeline import runner
+
+    real = runner.generate
+
+    def failing(pipe, request, on_step=None, conditioning=None):
+        if request.name == "boom":
+            raise RuntimeError("CUDA out of memory (simulated)")
+        return real(pipe, request, on_step, conditioning)
+
+    monkeypatch.setattr(runner, "generate", failing)
+    out = tmp_path / "out"
+    code = cli.run([*TINY_ARGS, "--input_path", str(bundle), "--output_path", str(out), "--keep-going"])
+    err = capsys.readouterr().err
+    assert code == cli.EXIT_FAILURE
+    assert "1 of 3 request(s) failed" in err and "boom: RuntimeError: CUDA out of memory" in err
+    assert sorted(p.name for p in out.iterdir()) == ["ok1.mp4", "ok1.mp4.json", "ok2.mp4", "ok2.mp4.json"]
+
+
+def test_without_keep_going_the_batch_stops_at_the_failure(tmp_path, monkeypatch):
+    bundle = write_jsonl(
+        tmp_path / "b.jsonl", [{"name": "boom", "prompt": "b"}, {"name": "ok", "prompt": "c"}]
+    )
+    from cosmos_pipeline import runner
+
+    monkeypatch.setattr(runner, "generate", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("boom")))
+    out = tmp_path / "out"
+    assert (
+        cli.run(
+            [*TINY_ARGS, "--input_path", str(bundle), "--output_path", str(out), "--num_output_frames", "5"]
+        )
+        == 1
+    )
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_skip_existing_regenerates_nothing_on_a_rerun(tmp_path, monkeypatch, capsys):
+    folder = tmp_path / "bundles"
+    folder.mkdir()
+    shutil.copy(ASSETS / "text2world.json", folder / "a.json")
+    write_jsonl(
+        folder / "b.jsonl",
+        [{"name": "no_seed", "prompt": "a ball"}, {"name": "seeded", "prompt": "x", "seed": 4}],
+    )
+    out = tmp_path / "out"
+    args = [*TINY_ARGS, "--input_path", str(folder), "--output_path", str(out), "--num_output_frames", "5"]
+    assert cli.run(args) == 0
+    outputs = sorted(out.glob("*.mp4"))
+    assert [p.name for p in outputs] == ["no_seed.mp4", "seeded.mp4", "text2world_warehouse.mp4"]
+    stamps = {p: p.stat().st_mtime_ns for p in outputs}
+
+    loads = []
+    monkeypatch.setattr(loading, "load_pipeline", lambda key: loads.append(key))
+    assert cli.run([*args, "--skip-existing"]) == 0
+    assert "skipped 3 request(s)" in capsys.readouterr().err
+    assert loads == [] and {p: p.stat().st_mtime_ns for p in outputs} == stamps
+
+    # A changed request is not "the same": without --overwrite it is refused before any load.
+    assert cli.run([*args, "--skip-existing", "--num_steps", "3"]) == cli.EXIT_INPUT
+
+
+def test_sidecar_explains_the_output(tmp_path):
+    out = tmp_path / "clip.mp4"
+    assert (
+        cli.run([*TINY_ARGS, "--prompt", "a robot", "--num_output_frames", "5", "--output_path", str(out)])
+        == 0
+    )
+    record = read_sidecar(out)
+    request = GenerationRequest(**record["request"])
+    assert request.output_path == out and request.model_id == TINY["model_id"]
+    assert record["seed"] == request.seed and request.seed_chosen is True
+    assert record["request_key"] == request.key()
+    assert record["revision"] == "diffusers/base/post-trained" and record["guardrail"] is False
+    assert record["adapter"] is None and record["mode"] == "text2world"
+    assert len(record["timings"]["steps_s"]) == 2 and record["timings"]["total_s"] > 0
+    assert set(record["versions"]) == {"cosmos_pipeline", "diffusers", "torch"}
+
+
+def test_request_key_ignores_placement_and_a_drawn_seed(tmp_path):
+    base = GenerationRequest(prompt="p", output_path=tmp_path / "a.mp4")
+    assert base.key() == base.model_copy(update={"output_path": tmp_path / "b.mp4", "device": "cuda:1"}).key()
+    assert base.with_seed().key() == base.key()  # a drawn seed is not part of the identity
+    assert base.model_copy(update={"seed": 5}).key() != base.key()
+    assert base.model_copy(update={"prompt": "q"}).key() != base.key()
