@@ -18,10 +18,12 @@ from pydantic import ValidationError
 
 from cosmos_pipeline.errors import InputError
 from cosmos_pipeline.media import check_media, check_output_path, read_video
+from cosmos_pipeline.policy import Policy, enforce
 from cosmos_pipeline.request import RESOLUTIONS, GenerationRequest
 from cosmos_pipeline.sidecar import read_sidecar
 
 logger = logging.getLogger(__name__)
+LOCAL_POLICY = Policy()  # the CLI's: the user's own files anywhere, default size limits
 
 BUNDLE_SUFFIXES = frozenset({".json", ".jsonl"})
 DEFAULT_OUTPUT_DIR = Path("outputs")
@@ -173,13 +175,15 @@ def read_entries(input_path: Path) -> list[dict[str, Any]]:
     return read_bundle(input_path)
 
 
-def resolve_requests(cli: Mapping[str, Any], skip_existing: bool = False) -> Plan:
+def resolve_requests(
+    cli: Mapping[str, Any], skip_existing: bool = False, policy: Policy = LOCAL_POLICY
+) -> Plan:
     """The requests a CLI invocation asks for, validated and pre-flighted before any model loads.
 
     `cli` maps flag names (seed or request spelling) to values, None meaning "not given".
     `input_path` may be a bundle, a folder of bundles or a media file. Every request gets a seed
     and an output path. With `skip_existing`, requests whose output exists with the same request
-    key are skipped rather than refused.
+    key are skipped rather than refused. `policy` bounds paths and sizes (untrusted callers).
     """
     cli = dict(cli)
     input_path = cli.pop("input_path", None)
@@ -213,7 +217,7 @@ def resolve_requests(cli: Mapping[str, Any], skip_existing: bool = False) -> Pla
             plan.skipped.append(request)
             continue
         request = request.with_seed()
-        preflight(request, where)
+        preflight(request, where, policy)
         plan.requests.append(request)
     names = [request.output_path for request in plan.requests]
     duplicates = sorted({str(path) for path in names if names.count(path) > 1})
@@ -224,14 +228,15 @@ def resolve_requests(cli: Mapping[str, Any], skip_existing: bool = False) -> Pla
     return plan
 
 
-def preflight(request: GenerationRequest, where: str) -> None:
-    """Checks that touch the file system: media decodable and long enough, output writable."""
+def preflight(request: GenerationRequest, where: str, policy: Policy) -> None:
+    """Checks that touch the file system: policy bounds, media decodable and long enough, output writable."""
     assert request.output_path is not None
     try:
+        enforce(request, policy)
         if request.input_path is not None:
             kind = check_media(request.input_path)
             if kind == "video":
-                frames = read_video(request.input_path).shape[0]
+                frames = read_video(request.input_path, max_frames=request.conditioning_frames).shape[0]
                 if frames < request.conditioning_frames:
                     raise InputError(
                         f"input video {request.input_path} has {frames} frames but Video2World with "

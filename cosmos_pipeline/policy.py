@@ -1,0 +1,91 @@
+"""What a request may touch and how big it may be: the guard for untrusted bundles and parameters.
+
+A deployment or a shared worker takes requests from people it should not trust with its file
+system or its GPU. The policy confines media reads to input roots and outputs to an output root
+(after resolving `..` and symlinks), and bounds prompt length, media size in bytes and pixels,
+frame counts and resolution, before anything is decoded in full or loaded. Locally the CLI runs
+with no roots (the user's own files) but the same size limits.
+"""
+
+from pathlib import Path
+
+import imageio_ffmpeg
+from PIL import Image
+from pydantic import BaseModel, ConfigDict
+
+from cosmos_pipeline.errors import InputError
+from cosmos_pipeline.media import media_kind
+from cosmos_pipeline.request import GenerationRequest
+
+
+class Policy(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    input_roots: tuple[Path, ...] | None = None  # None: media may be read anywhere
+    output_root: Path | None = None  # None: outputs may be written anywhere
+    max_prompt_chars: int = 20_000  # the text encoder reads 512 tokens; more is a mistake or abuse
+    max_media_bytes: int = 1 << 30
+    max_media_pixels: int = 4096 * 4096  # per input frame, checked from the header before decoding
+    max_num_frames: int = 1_001  # long videos chain windows; this bounds GPU time per request
+    max_output_pixels: int = 1280 * 1280  # height x width; the model is trained at 704x1280
+
+
+def _inside(path: Path, root: Path) -> bool:
+    return path.resolve().is_relative_to(root.resolve())
+
+
+def check_paths(request: GenerationRequest, policy: Policy) -> None:
+    """Media under an input root, output under the output root; `..` and symlinks resolved first."""
+    if policy.input_roots is not None:
+        roots = ", ".join(str(root) for root in policy.input_roots)
+        for what, path in (("input", request.input_path), ("adapter", request.lora_path)):
+            if path is not None and not any(_inside(path, root) for root in policy.input_roots):
+                raise InputError(f"{what} {path} is outside the allowed input folders ({roots})")
+    output = request.output_path
+    if policy.output_root is not None and output is not None and not _inside(output, policy.output_root):
+        raise InputError(f"output {output} is outside the output folder {policy.output_root}")
+
+
+def check_sizes(request: GenerationRequest, policy: Policy) -> None:
+    """Bounds that need no decoding: prompt length, frames, output size."""
+    for name, text in (("prompt", request.prompt), ("negative prompt", request.negative_prompt or "")):
+        if len(text) > policy.max_prompt_chars:
+            raise InputError(f"the {name} has {len(text)} characters; the limit is {policy.max_prompt_chars}")
+    if request.num_frames > policy.max_num_frames:
+        raise InputError(f"{request.num_frames} frames requested; the limit is {policy.max_num_frames}")
+    if request.height * request.width > policy.max_output_pixels:
+        raise InputError(
+            f"{request.height}x{request.width} output exceeds the limit of {policy.max_output_pixels} pixels"
+        )
+
+
+def check_media_size(path: Path, policy: Policy) -> None:
+    """File bytes and frame pixels from the header only, so a decompression bomb is never decoded."""
+    size = path.stat().st_size
+    if size > policy.max_media_bytes:
+        raise InputError(f"input {path} is {size} bytes; the limit is {policy.max_media_bytes}")
+    if media_kind(path) == "image":
+        try:
+            with Image.open(path) as image:
+                width, height = image.size
+        except Exception as error:  # decoding problems are reported by check_media
+            raise InputError(f"input media corrupt or not an image: {path}: {error}") from None
+    else:
+        reader = imageio_ffmpeg.read_frames(str(path))
+        try:
+            width, height = next(reader)["size"]
+        except Exception as error:
+            raise InputError(f"input media corrupt or not a video: {path}: {type(error).__name__}") from None
+        finally:
+            reader.close()
+    if width * height > policy.max_media_pixels:
+        raise InputError(
+            f"input {path} is {width}x{height}; the limit is {policy.max_media_pixels} pixels a frame"
+        )
+
+
+def enforce(request: GenerationRequest, policy: Policy) -> None:
+    check_paths(request, policy)
+    check_sizes(request, policy)
+    if request.input_path is not None and request.input_path.is_file():
+        check_media_size(request.input_path, policy)
