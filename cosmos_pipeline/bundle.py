@@ -130,24 +130,39 @@ def default_output_path(fields: Mapping[str, Any], output_dir: Path) -> Path:
     return output_dir / f"{safe}{suffix}"
 
 
-def _format_validation_error(error: ValidationError, where: str) -> str:
-    problems = []
-    for item in error.errors():
-        field = ".".join(str(part) for part in item["loc"]) or "request"
-        message = item["msg"].removeprefix("Value error, ")
-        problems.append(
-            f"`{field}`: {message}"
-            + ("" if item["type"] == "value_error" else f" (got {item.get('input')!r})")
-        )
-    return f"{where}: " + "; ".join(problems)
+@dataclass
+class Problem:
+    """One thing wrong with one row of a batch, for the validation report."""
+
+    row: int  # 1-based position in the batch
+    name: str | None
+    field: str
+    message: str
 
 
-def build_request(fields: Mapping[str, Any], where: str) -> GenerationRequest:
-    values = {key: value for key, value in fields.items() if key in GenerationRequest.model_fields}
+@dataclass
+class Row:
+    """One requested generation: where it came from, its layered values, its request or its problems."""
+
+    index: int
+    where: str
+    fields: dict[str, Any]
+    request: GenerationRequest | None = None
+    problems: list[Problem] = field(default_factory=list)
+
+
+def _validate_row(row: Row) -> None:
+    """Set the row's (seeded) request, or its problems: every bad field, not only the first."""
+    values = {key: value for key, value in row.fields.items() if key in GenerationRequest.model_fields}
     try:
-        return GenerationRequest(**values)
+        row.request = GenerationRequest(**values).with_seed()
     except ValidationError as error:
-        raise InputError(_format_validation_error(error, where)) from None
+        for item in error.errors():
+            message = item["msg"].removeprefix("Value error, ")
+            if item["type"] != "value_error":
+                message += f" (got {item.get('input')!r})"
+            field_name = ".".join(str(part) for part in item["loc"]) or "request"
+            row.problems.append(Problem(row.index, row.fields.get("name"), field_name, message))
 
 
 @dataclass
@@ -175,26 +190,26 @@ def read_entries(input_path: Path) -> list[dict[str, Any]]:
     return read_bundle(input_path)
 
 
-def resolve_requests(
-    cli: Mapping[str, Any], skip_existing: bool = False, policy: Policy = LOCAL_POLICY
-) -> Plan:
-    """The requests a CLI invocation asks for, validated and pre-flighted before any model loads.
+def request_rows(
+    explicit: Mapping[str, Any],
+    defaults: Mapping[str, Any] | None = None,
+    output_dir: Path = DEFAULT_OUTPUT_DIR,
+) -> list[Row]:
+    """Every row an invocation asks for, each with its seeded request or all its problems.
 
-    `cli` maps flag names (seed or request spelling) to values, None meaning "not given".
-    `input_path` may be a bundle, a folder of bundles or a media file. Every request gets a seed
-    and an output path. With `skip_existing`, requests whose output exists with the same request
-    key are skipped rather than refused. `policy` bounds paths and sizes (untrusted callers).
+    `explicit` maps flag names (seed or request spelling) to values, None meaning "not given";
+    `input_path` may be a bundle, a folder of bundles or a media file. Layers, lowest first:
+    `GenerationRequest` defaults < `defaults` (a settings profile) < bundle entry < `explicit`.
     """
-    cli = dict(cli)
-    input_path = cli.pop("input_path", None)
+    explicit = {key: value for key, value in explicit.items() if value is not None}
+    input_path = explicit.pop("input_path", None)
     if input_path is not None and (is_bundle(Path(input_path)) or Path(input_path).is_dir()):
         entries = read_entries(Path(input_path))
     else:
         if input_path is not None:
-            cli["input_path"] = str(input_path)
+            explicit["input_path"] = str(input_path)
         entries = [{"_where": "command line"}]
-    output = cli.pop("output_path", None)
-    output_dir = DEFAULT_OUTPUT_DIR
+    output = explicit.pop("output_path", None)
     if output is not None and Path(output).suffix.lower() not in {".mp4", ".png"}:
         output_dir, output = Path(output), None  # a folder for many outputs
     if output is not None and len(entries) > 1:
@@ -202,25 +217,53 @@ def resolve_requests(
             f"--output_path {output} names one file but the bundle holds {len(entries)} requests; "
             "give a folder instead"
         )
-    plan = Plan()
-    for entry in entries:
-        where = entry.pop("_where")
+    base = normalise(defaults or {})
+    rows = []
+    for index, entry in enumerate(entries, start=1):
+        row = Row(index, entry.pop("_where"), {})
+        rows.append(row)
         try:
-            fields = merge(cli, entry)
-        except InputError as error:
-            raise InputError(f"{where}: {error}") from None
-        fields.setdefault("name", Path(input_path).stem if input_path and len(entries) == 1 else None)
-        fields["output_path"] = output or fields.get("output_path") or default_output_path(fields, output_dir)
-        request = build_request(fields, where)
-        if skip_existing and already_done(request):
-            logger.info("skipping %s: %s exists for the same request", where, request.output_path)
-            plan.skipped.append(request)
+            layered = merge(explicit, entry)
+        except InputError as error:  # an unreadable prompt file, a non-text prompt, an unknown resolution
+            message = str(error)
+            wrong = next((key for key in ("resolution", "negative_prompt") if key in message), "prompt")
+            row.problems.append(Problem(index, entry.get("name"), wrong, message))
             continue
-        request = request.with_seed()
-        preflight(request, where, policy)
-        plan.requests.append(request)
-    names = [request.output_path for request in plan.requests]
-    duplicates = sorted({str(path) for path in names if names.count(path) > 1})
+        row.fields = {**base, **layered}  # an explicit height or width beats a default resolution
+        row.fields.setdefault("name", Path(input_path).stem if input_path and len(entries) == 1 else None)
+        row.fields["output_path"] = (
+            output or row.fields.get("output_path") or default_output_path(row.fields, output_dir)
+        )
+        _validate_row(row)
+    return rows
+
+
+def resolve_requests(
+    explicit: Mapping[str, Any],
+    skip_existing: bool = False,
+    policy: Policy = LOCAL_POLICY,
+    defaults: Mapping[str, Any] | None = None,
+    output_dir: Path = DEFAULT_OUTPUT_DIR,
+) -> Plan:
+    """The requests to run, validated and pre-flighted before any model loads; else an InputError
+    naming the first bad row (the entry point's fail-fast check; a flow reports every bad row).
+
+    With `skip_existing`, requests whose output exists for the same request key are skipped rather
+    than refused. `policy` bounds paths and sizes (untrusted callers).
+    """
+    plan = Plan()
+    for row in request_rows(explicit, defaults, output_dir):
+        if row.problems:
+            raise InputError(f"{row.where}: " + "; ".join(f"`{p.field}`: {p.message}" for p in row.problems))
+        assert row.request is not None
+        if skip_existing and already_done(row.request):
+            logger.info("skipping %s: %s exists for the same request", row.where, row.request.output_path)
+            plan.skipped.append(row.request)
+            continue
+        preflight(row.request, row.where, policy)
+        plan.requests.append(row.request)
+    outputs = [request.output_path for request in plan.requests]
+    duplicates = sorted({str(path) for path in outputs if outputs.count(path) > 1})
     if duplicates:
         raise InputError(
             f"several requests would write the same output: {', '.join(duplicates)}; give each a `name`"

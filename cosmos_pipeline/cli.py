@@ -1,12 +1,11 @@
-"""The command line: the seed script's flags (both spellings), plus what native Cosmos users expect.
+"""The command line's flags: the seed script's (both spellings), plus what native Cosmos users expect.
 
-Exit codes: 0 success, 2 bad input (nothing loaded, nothing written), 3 guardrail refusal or
-guardrail unavailable, 1 any other failure. Errors are one paragraph, never a traceback.
+Parsing and exit codes live here; `flows.cli` runs what was asked as a Prefect flow. Exit codes:
+0 success, 2 bad input (nothing loaded, nothing written), 3 guardrail refusal or guardrail
+unavailable, 1 any other failure. Errors are one paragraph, never a traceback.
 """
 
 import argparse
-import logging
-import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -143,6 +142,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["auto", "on", "off"],
         help="Cosmos guardrail: auto = on for real models, off for the embedded one (default auto)",
     )
+    settings = parser.add_argument_group("settings")
+    _flag(
+        settings,
+        "profile",
+        help="settings profile: configs/<profile>.toml or a path (default: COSMOS_PROFILE)",
+    )
     return parser
 
 
@@ -166,37 +171,3 @@ def error_exit_code(error: Exception) -> int:
     if isinstance(error, GuardrailUnavailableError | UnsafeContentError):
         return EXIT_GUARDRAIL
     return EXIT_FAILURE
-
-
-def run(argv: Sequence[str] | None = None) -> int:
-    from cosmos_pipeline.bundle import resolve_requests
-
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    values, skip_existing, keep_going = split_run_options(parse_args(argv))
-    try:
-        plan = resolve_requests(values, skip_existing=skip_existing)
-    except InputError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return EXIT_INPUT
-    from cosmos_pipeline.runner import run_requests
-
-    if plan.skipped:
-        print(f"skipped {len(plan.skipped)} request(s) whose output already exists", file=sys.stderr)
-    try:
-        report = run_requests(plan.requests, keep_going=keep_going)
-    except Exception as error:  # one paragraph for the user; the cause is in the debug log
-        logging.getLogger(__name__).debug("generation failed", exc_info=True)
-        code = error_exit_code(error)
-        prefix = "" if code != EXIT_FAILURE else f"generation failed: {type(error).__name__}: "
-        print(f"error: {prefix}{error}", file=sys.stderr)
-        return code
-    if report.failures:
-        print(f"error: {len(report.failures)} of {len(plan.requests)} request(s) failed:", file=sys.stderr)
-        for failure in report.failures:
-            print(f"  {failure}", file=sys.stderr)
-        return EXIT_FAILURE
-    return EXIT_OK
-
-
-def main() -> None:
-    sys.exit(run())

@@ -2,8 +2,10 @@
 opened up so that each stage is timed, progress is reported, and the prompt embeddings are reused.
 
 The math is the pipeline's own, step for step: on the same seed the frames are identical to
-`pipe(...)` (a test holds us to that). Stages: guardrail on the prompt -> conditioning input ->
-prompt encoding -> latents -> denoising loop -> VAE decode -> guardrail on the video.
+`pipe(...)` on the CPU (a test holds us to that), and within bf16 noise of it in the GPU's default
+mode (`cosmos_pipeline.acceleration`). Fast-mode options may skip forwards (guidance interval, step
+caching); the plan that ran comes back with the result. Stages: guardrail on the prompt ->
+conditioning input -> prompt encoding -> latents -> denoising loop -> VAE decode -> guardrail on the video.
 """
 
 import time
@@ -14,6 +16,17 @@ import numpy as np
 import PIL.Image
 import torch
 
+from cosmos_pipeline.acceleration import (
+    Acceleration,
+    AccelerationPlan,
+    apply_acceleration,
+    current_plan,
+    forward_count,
+    step_kinds,
+    text_encoder_on_device,
+    use_tiled_decode,
+    vae_tiling,
+)
 from cosmos_pipeline.media import fit_frames, read_image, read_video
 from cosmos_pipeline.request import GenerationRequest
 
@@ -31,6 +44,7 @@ class Timings:
     steps_s: list[float] = field(default_factory=list)
     decode_s: float = 0.0
     total_s: float = 0.0
+    forwards: int = 0  # transformer forwards run: 2 per step with guidance, fewer in fast mode
 
     @property
     def denoising_s(self) -> float:
@@ -46,6 +60,7 @@ class GenerationResult:
     timings: Timings
     peak_memory_bytes: int | None  # on CUDA only
     seams: list[int] = field(default_factory=list)  # long videos: index of each window's first new frame
+    acceleration: dict = field(default_factory=dict)  # the plan that ran (AccelerationPlan fields, vae_tiled)
 
     @property
     def seed(self) -> int:
@@ -100,12 +115,13 @@ def encode_prompts(
     cache = pipe.__dict__.setdefault("_cosmos_prompt_cache", {})
     if key not in cache:
         cache.clear()  # keep one entry: embeddings are large and batches usually share a prompt
-        cache[key] = pipe.encode_prompt(
-            prompt=request.prompt,
-            negative_prompt=request.negative_prompt,
-            do_classifier_free_guidance=do_cfg,
-            device=device,
-        )
+        with text_encoder_on_device(pipe):  # a no-op unless the memory plan offloads the text encoder
+            cache[key] = pipe.encode_prompt(
+                prompt=request.prompt,
+                negative_prompt=request.negative_prompt,
+                do_classifier_free_guidance=do_cfg,
+                device=device,
+            )
     return cache[key]
 
 
@@ -115,11 +131,14 @@ def generate(
     request: GenerationRequest,
     on_step: StepCallback | None = None,
     conditioning: np.ndarray | None = None,
+    options: Acceleration | None = None,
 ) -> GenerationResult:
     """Run `request` on `pipe`. `conditioning` (T, H, W, 3) replaces the frames read from
-    `request.input_path` (long videos condition each window on the previous one, in memory)."""
+    `request.input_path` (long videos condition each window on the previous one, in memory).
+    `options`: acceleration for this call; left out, the plan applied at load time (or the default mode)."""
     request = request.with_seed()
     timings = Timings()
+    plan = _plan(pipe, options)
     device = pipe._execution_device
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -188,19 +207,25 @@ def generate(
         )[0]
         return gt_velocity + prediction * (1 - cond_mask)  # conditioning frames keep their true velocity
 
+    # Each step runs both CFG forwards ("cfg"), unless fast mode guides on an interval only ("cond")
+    # or reuses the last step's velocity ("reuse").
+    kinds = step_kinds(plan, request.num_inference_steps, do_cfg)
+    timings.forwards = forward_count(kinds)
+    noise_pred = None
     with pipe.progress_bar(total=request.num_inference_steps) as progress_bar:
         for i, t in enumerate(pipe.scheduler.timesteps):
             step_start = time.perf_counter()
-            sigma_t = pipe.scheduler.sigmas[i].expand(1).to(device=device, dtype=torch.float32)
-            in_timestep = cond_indicator * conditional_frame_timestep + (1 - cond_indicator) * sigma_t.view(
-                1, 1, 1, 1, 1
-            )
-            in_latents = (cond_mask * cond_latent + (1 - cond_mask) * latents).to(transformer_dtype)
+            if kinds[i] != "reuse":
+                sigma_t = pipe.scheduler.sigmas[i].expand(1).to(device=device, dtype=torch.float32)
+                in_timestep = cond_indicator * conditional_frame_timestep + (
+                    1 - cond_indicator
+                ) * sigma_t.view(1, 1, 1, 1, 1)
+                in_latents = (cond_mask * cond_latent + (1 - cond_mask) * latents).to(transformer_dtype)
 
-            noise_pred = velocity(in_latents, in_timestep, prompt_embeds)
-            if do_cfg:
-                noise_pred_neg = velocity(in_latents, in_timestep, negative_prompt_embeds)
-                noise_pred = noise_pred + request.guidance_scale * (noise_pred - noise_pred_neg)
+                noise_pred = velocity(in_latents, in_timestep, prompt_embeds)
+                if kinds[i] == "cfg":
+                    noise_pred_neg = velocity(in_latents, in_timestep, negative_prompt_embeds)
+                    noise_pred = noise_pred + request.guidance_scale * (noise_pred - noise_pred_neg)
             latents = pipe.scheduler.step(noise_pred, t, latents, return_dict=False)[0]
 
             _sync(device)
@@ -214,7 +239,9 @@ def generate(
     decoded = latents / pipe.latents_std.to(device, latents.dtype) + pipe.latents_mean.to(
         device, latents.dtype
     )
-    decoded = pipe.vae.decode(decoded.to(pipe.vae.dtype), return_dict=False)[0]
+    tiled = use_tiled_decode(plan, device, request.height, request.width, request.num_frames)
+    with vae_tiling(pipe.vae, tiled):  # tiles only when memory demands it, or when asked to
+        decoded = pipe.vae.decode(decoded.to(pipe.vae.dtype), return_dict=False)[0]
     decoded = pipe._match_num_frames(decoded, request.num_frames)
     frames = pipe.video_processor.postprocess_video(decoded, output_type="np")[0]
     frames = (frames * 255).astype(np.uint8)  # as diffusers' export_to_video does
@@ -227,7 +254,16 @@ def generate(
 
     timings.total_s = time.perf_counter() - start
     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
-    return GenerationResult(request, frames, latents, guardrail, timings, peak)
+    acceleration = {**plan.as_dict(), "vae_tiled": tiled}
+    return GenerationResult(request, frames, latents, guardrail, timings, peak, acceleration=acceleration)
+
+
+def _plan(pipe, options: Acceleration | None) -> AccelerationPlan:
+    """The acceleration plan for this call: `options` applied, else the pipeline's own, else the default."""
+    plan = current_plan(pipe)
+    if options is not None or plan is None:
+        plan = apply_acceleration(pipe, options)
+    return plan
 
 
 def _is_pass_through(safety_checker) -> bool:

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Literal
 
 import imageio.v2 as imageio
-import imageio_ffmpeg
 import numpy as np
 from PIL import Image, ImageOps
 
@@ -148,6 +147,8 @@ def _load_image(path: Path) -> Image.Image:
 
 def _iter_video_frames(path: Path) -> Iterator[np.ndarray]:
     """Yield decoded frames; raises InputError if the file does not decode or has no frames."""
+    import imageio_ffmpeg  # here, not at the top: the core imports without it where no video is read
+
     # Only the first video stream, one output frame per decoded frame (no duplication to a fixed rate).
     reader = imageio_ffmpeg.read_frames(
         str(path), pix_fmt="rgb24", output_params=["-map", "0:v:0", "-fps_mode", "passthrough"]

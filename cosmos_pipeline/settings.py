@@ -16,12 +16,11 @@ built from keyword arguments, files and the environment only.
 """
 
 import os
+import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import tomllib
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
@@ -31,20 +30,13 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from cosmos_pipeline.bundle import (
-    DEFAULT_OUTPUT_DIR,
-    build_request,
-    default_output_path,
-    is_bundle,
-    merge,
-    normalise,
-    preflight,
-    read_bundle,
-)
+from cosmos_pipeline import bundle
+from cosmos_pipeline.bundle import DEFAULT_OUTPUT_DIR, Plan, Row
 from cosmos_pipeline.errors import InputError
 from cosmos_pipeline.guardrail import GuardrailMode
 from cosmos_pipeline.media import FitMode
-from cosmos_pipeline.request import RESOLUTIONS, Dtype, GenerationRequest
+from cosmos_pipeline.policy import Policy
+from cosmos_pipeline.request import DEFAULT_REVISION, RESOLUTIONS, Dtype, GenerationRequest
 
 # Profiles are looked up in the working directory's configs/ first (a deployment's checkout), then
 # next to this package (an editable install run from elsewhere).
@@ -52,12 +44,22 @@ CONFIG_DIRS = (Path("configs"), Path(__file__).resolve().parents[1] / "configs")
 DEFAULT_PROFILE = "default"
 
 
+def config_candidates(relative: str) -> list[Path]:
+    return [directory / relative for directory in CONFIG_DIRS]
+
+
+def find_config(relative: str) -> Path:
+    """A file under configs/ (e.g. `expectations/requests.json`), from the first directory holding it."""
+    candidates = config_candidates(relative)
+    found = next((path for path in candidates if path.is_file()), None)
+    if found is None:
+        raise InputError(f"configuration file not found: looked for {', '.join(map(str, candidates))}")
+    return found
+
+
 def profile_path(profile: str) -> Path | None:
     """The TOML file of `profile` (a name in configs/ or a path); None for a missing `default`."""
-    if profile.endswith(".toml"):
-        candidates = [Path(profile)]
-    else:
-        candidates = [directory / f"{profile}.toml" for directory in CONFIG_DIRS]
+    candidates = [Path(profile)] if profile.endswith(".toml") else config_candidates(f"{profile}.toml")
     found = next((path for path in candidates if path.is_file()), None)
     if found is None and profile != DEFAULT_PROFILE:
         names = sorted({path.stem for directory in CONFIG_DIRS for path in directory.glob("*.toml")})
@@ -118,6 +120,8 @@ class Settings(BaseSettings):
     gpu_wait_timeout_s: float | None = None  # None waits for a free GPU as long as it takes
     max_input_artifact_mb: float = 25.0  # larger inputs are recorded by content hash only
     request: RequestDefaults = RequestDefaults()
+    # What requests may read, write and ask for; a shared deployment sets the roots.
+    policy: Policy = Policy()
 
     @classmethod
     def settings_customise_sources(
@@ -141,7 +145,7 @@ class Settings(BaseSettings):
 def load_settings(profile: str | None = None, **explicit: Any) -> Settings:
     """Settings for `profile` with `explicit` values on top; a bad value is an InputError."""
     values = {key: value for key, value in explicit.items() if value is not None}
-    if profile is not None:
+    if profile:  # None or "" (an unset template field): COSMOS_PROFILE, else `default`
         values["profile"] = profile
     try:
         return Settings(**values)
@@ -159,125 +163,46 @@ def load_settings(profile: str | None = None, **explicit: Any) -> Settings:
 # ----------------------------------------------------------------------------- requests
 
 
-@dataclass
-class Problem:
-    """One thing wrong with one row, for the validation report."""
-
-    row: int  # 1-based position in the batch
-    name: str | None
-    field: str
-    message: str
-
-
-@dataclass
-class Row:
-    """One requested generation: where it came from, its layered values, its request or its problems."""
-
-    index: int
-    where: str
-    fields: dict[str, Any]
-    request: GenerationRequest | None = None
-    problems: list[Problem] = field(default_factory=list)
-
-
-def _request_problems(row: Row) -> list[Problem]:
-    values = {key: value for key, value in row.fields.items() if key in GenerationRequest.model_fields}
-    try:
-        GenerationRequest(**values)
-    except ValidationError as error:
-        return [
-            Problem(
-                row.index,
-                row.fields.get("name"),
-                ".".join(str(part) for part in item["loc"]) or "request",
-                item["msg"].removeprefix("Value error, ")
-                + ("" if item["type"] == "value_error" else f" (got {item.get('input')!r})"),
-            )
-            for item in error.errors()
-        ]
-    return []
-
-
 def request_rows(explicit: Mapping[str, Any], settings: Settings) -> list[Row]:
-    """Every row a batch asks for, each with its request or its problems (never the first only).
-
-    `explicit` maps flag names (seed or request spelling) to values, None meaning "not given";
-    `input_path` may be a bundle or a media file. Layers, lowest first: `GenerationRequest`
-    defaults < `settings.request` < bundle entry < `explicit`. Mirrors
-    `cosmos_pipeline.bundle.resolve_requests`, adding the settings layer and per-row problems.
-    """
-    explicit = {key: value for key, value in explicit.items() if value is not None}
-    input_path = explicit.pop("input_path", None)
-    if input_path is not None and is_bundle(Path(input_path)):
-        entries = read_bundle(Path(input_path))
-    else:
-        if input_path is not None:
-            explicit["input_path"] = str(input_path)
-        entries = [{"_where": "command line"}]
-    output = explicit.pop("output_path", None)
-    output_dir = settings.output_dir
-    if output is not None and Path(output).suffix.lower() not in {".mp4", ".png"}:
-        output_dir, output = Path(output), None  # a folder for many outputs
-    if output is not None and len(entries) > 1:
-        raise InputError(
-            f"output_path {output} names one file but the bundle holds {len(entries)} requests; "
-            "give a folder instead"
-        )
-    defaults = normalise(settings.request.model_dump(exclude_none=True))
-    rows = []
-    for index, entry in enumerate(entries, start=1):
-        where = entry.pop("_where")
-        row = Row(index, where, {})
-        try:
-            layered = merge(explicit, entry)
-        except InputError as error:  # an unreadable prompt file or an unknown resolution
-            message = str(error)
-            where_wrong = next((key for key in ("resolution", "negative_prompt") if key in message), "prompt")
-            row.problems.append(Problem(index, entry.get("name"), where_wrong, message))
-            rows.append(row)
-            continue
-        if "height" in layered or "width" in layered:  # an explicit size beats the profile's resolution
-            defaults_here = {k: v for k, v in defaults.items() if k not in ("height", "width")}
-        else:
-            defaults_here = defaults
-        row.fields = {**defaults_here, **layered}
-        row.fields.setdefault("name", Path(input_path).stem if input_path and len(entries) == 1 else None)
-        row.fields["output_path"] = (
-            output or row.fields.get("output_path") or default_output_path(row.fields, output_dir)
-        )
-        row.problems = _request_problems(row)
-        if not row.problems:
-            row.request = build_request(row.fields, where).with_seed()
-        rows.append(row)
-    return rows
+    """Every row of a batch with the settings layer (`settings.request`) below bundles and flags."""
+    return bundle.request_rows(explicit, settings.request.model_dump(exclude_none=True), settings.output_dir)
 
 
-def resolve(explicit: Mapping[str, Any], settings: Settings) -> list[GenerationRequest]:
-    """The requests, or an InputError naming the first bad row; media and outputs pre-flighted.
-
-    The entry point's fail-fast check: nothing is started for input that cannot run.
-    """
-    requests = []
-    for row in request_rows(explicit, settings):
-        if row.problems:
-            raise InputError(f"{row.where}: " + "; ".join(f"`{p.field}`: {p.message}" for p in row.problems))
-        assert row.request is not None
-        preflight(row.request, row.where)
-        requests.append(row.request)
-    return requests
+def resolve(explicit: Mapping[str, Any], settings: Settings, skip_existing: bool = False) -> Plan:
+    """The entry point's fail-fast resolution under `settings` (request defaults, output folder, policy)."""
+    return bundle.resolve_requests(
+        explicit,
+        skip_existing=skip_existing,
+        policy=settings.policy,
+        defaults=settings.request.model_dump(exclude_none=True),
+        output_dir=settings.output_dir,
+    )
 
 
 # ----------------------------------------------------------------------------- evaluation suites
 
 
 class Variant(BaseModel):
-    """One model variant of an evaluation: a checkpoint and revision, and its label in reports."""
+    """One model variant of an evaluation: a checkpoint (hub id or local folder) and revision, an
+    optional LoRA adapter on it, and its label in reports."""
 
     model_config = ConfigDict(extra="forbid")
 
     label: str = Field(pattern=r"^[A-Za-z0-9._-]+$")
     model_id: str
-    revision: str
+    revision: str = DEFAULT_REVISION
+    lora_path: Path | None = None  # relative to the suite file
+    lora_scale: float = 1.0
+
+    @property
+    def identity(self) -> tuple[str, str, str | None, float]:
+        return variant_identity(self)
+
+
+def variant_identity(variant: "Variant | GenerationRequest") -> tuple[str, str, str | None, float]:
+    """What tells variants apart: a request and the suite variant it came from share it."""
+    lora = None if variant.lora_path is None else str(Path(variant.lora_path).resolve())
+    return variant.model_id, variant.revision, lora, variant.lora_scale if lora else 1.0
 
 
 class EvaluationSuite(BaseModel):
@@ -310,7 +235,13 @@ class EvaluationSuite(BaseModel):
         if len(set(labels)) != len(labels):
             raise InputError(f"evaluation suite {path}: variant labels must differ, got {labels}")
         assets = [asset if asset.is_absolute() else path.parent / asset for asset in suite.assets]
-        return suite.model_copy(update={"assets": assets})
+        variants = [
+            variant.model_copy(update={"lora_path": (path.parent / variant.lora_path).resolve()})
+            if variant.lora_path is not None and not variant.lora_path.is_absolute()
+            else variant
+            for variant in suite.variants
+        ]
+        return suite.model_copy(update={"assets": assets, "variants": variants})
 
 
 def suite_rows(suite: EvaluationSuite, settings: Settings, output_dir: Path) -> list[Row]:
@@ -327,6 +258,8 @@ def suite_rows(suite: EvaluationSuite, settings: Settings, output_dir: Path) -> 
                     "input_path": str(asset),
                     "model_id": variant.model_id,
                     "revision": variant.revision,
+                    "lora_path": None if variant.lora_path is None else str(variant.lora_path),
+                    "lora_scale": variant.lora_scale if variant.lora_path is not None else None,
                     "seed": seed,
                     "output_path": str(output_dir / variant.label / f"seed-{seed}"),
                 }

@@ -3,7 +3,7 @@
 import json
 import os
 import tempfile
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +46,7 @@ def sidecar_record(result: GenerationResult, extra: dict[str, Any] | None = None
             "diffusers": diffusers.__version__,
             "torch": torch.__version__,
         },
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
         **(extra or {}),
     }
 

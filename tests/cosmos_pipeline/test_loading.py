@@ -6,7 +6,7 @@ from cosmos_pipeline import loading
 from cosmos_pipeline.errors import GuardrailUnavailableError
 from cosmos_pipeline.guardrail import PassThroughSafetyChecker, effective_guardrail, load_safety_checker
 from cosmos_pipeline.loading import PipelineCache, PipelineKey, model_location
-from cosmos_pipeline.runner import run_requests
+from cosmos_pipeline.runner import generate_request, write_outputs
 
 from .conftest import tiny_request
 
@@ -15,8 +15,9 @@ def test_second_request_in_one_process_reuses_the_loaded_pipeline(tmp_path):
     cache = PipelineCache()
     first = tiny_request(output_path=tmp_path / "a.mp4")
     second = tiny_request(output_path=tmp_path / "b.mp4", seed=9, prompt="another prompt")
-    outputs = run_requests([first, second], cache).outputs
-    assert [o.path.exists() for o in outputs] == [True, True]
+    for request in (first, second):
+        path, sidecar = write_outputs(generate_request(cache.get(PipelineKey.for_request(request)), request))
+        assert path.is_file() and sidecar.is_file()
     assert cache.loads == {PipelineKey.for_request(first): 1}
 
 

@@ -1,9 +1,6 @@
 """Custom weights as variants: a LoRA adapter on the embedded model, and a local checkpoint folder."""
 
 import numpy as np
-import pytest
-from diffusers import Cosmos2_5_PredictBasePipeline
-from peft import LoraConfig, get_peft_model_state_dict
 
 from cosmos_pipeline import tiny
 from cosmos_pipeline.generate import generate
@@ -13,25 +10,11 @@ from cosmos_pipeline.loading import PipelineCache, PipelineKey
 from .conftest import tiny_request
 
 
-@pytest.fixture(scope="module")
-def adapter(tmp_path_factory):
-    """A tiny random LoRA adapter for the embedded transformer, saved in diffusers' format."""
-    path = tmp_path_factory.mktemp("lora")
-    transformer = tiny.build_transformer(tiny.REVISION_SEEDS[tiny.POST_TRAINED])
-    transformer.add_adapter(
-        LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v"], init_lora_weights=False)
-    )
-    Cosmos2_5_PredictBasePipeline.save_lora_weights(
-        path, transformer_lora_layers=get_peft_model_state_dict(transformer)
-    )
-    return path
-
-
-def test_lora_variant_differs_from_its_base_and_scale_zero_matches_it(adapter):
+def test_lora_variant_differs_from_its_base_and_scale_zero_matches_it(tiny_lora):
     cache = PipelineCache(capacity=3)
     base = tiny_request()
-    lora = tiny_request(lora_path=adapter)
-    off = tiny_request(lora_path=adapter, lora_scale=0.0)
+    lora = tiny_request(lora_path=tiny_lora)
+    off = tiny_request(lora_path=tiny_lora, lora_scale=0.0)
     assert len({PipelineKey.for_request(r) for r in (base, lora, off)}) == 3
     frames = {name: generate(cache.get(PipelineKey.for_request(r)), r).frames
               for name, r in {"base": base, "lora": lora, "off": off}.items()}  # fmt: skip

@@ -1,13 +1,26 @@
-"""Batches: a .jsonl bundle or a folder of bundles, --keep-going, --skip-existing, sidecars."""
+"""Batches through the command line and the generate flow: a .jsonl bundle or a folder of bundles,
+--keep-going, --skip-existing, and the sidecar beside every output."""
 
 import json
 import shutil
 
+import pytest
+
 from cosmos_pipeline import cli, loading
 from cosmos_pipeline.request import GenerationRequest
 from cosmos_pipeline.sidecar import read_sidecar
+from flows import cli as flows_cli
+from tests.conftest import ASSETS
 
-from .conftest import ASSETS, TINY
+pytestmark = pytest.mark.usefixtures("prefect_api")
+
+
+@pytest.fixture(autouse=True)
+def tracking(monkeypatch, tracked):
+    for key in ("tracking_uri", "artifact_root", "experiment"):
+        monkeypatch.setenv(f"COSMOS_{key.upper()}", tracked[key])
+    return tracked
+
 
 TINY_ARGS = [
     "--model_id",
@@ -45,7 +58,7 @@ def test_keep_going_runs_past_a_failing_request_and_reports_it(tmp_path, capsys,
 
     monkeypatch.setattr(runner, "generate", failing)
     out = tmp_path / "out"
-    code = cli.run([*TINY_ARGS, "--input_path", str(bundle), "--output_path", str(out), "--keep-going"])
+    code = flows_cli.run([*TINY_ARGS, "--input_path", str(bundle), "--output_path", str(out), "--keep-going"])
     err = capsys.readouterr().err
     assert code == cli.EXIT_FAILURE
     assert "1 of 3 request(s) failed" in err and "boom: RuntimeError: CUDA out of memory" in err
@@ -61,7 +74,7 @@ def test_without_keep_going_the_batch_stops_at_the_failure(tmp_path, monkeypatch
     monkeypatch.setattr(runner, "generate", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("boom")))
     out = tmp_path / "out"
     assert (
-        cli.run(
+        flows_cli.run(
             [*TINY_ARGS, "--input_path", str(bundle), "--output_path", str(out), "--num_output_frames", "5"]
         )
         == 1
@@ -79,34 +92,36 @@ def test_skip_existing_regenerates_nothing_on_a_rerun(tmp_path, monkeypatch, cap
     )
     out = tmp_path / "out"
     args = [*TINY_ARGS, "--input_path", str(folder), "--output_path", str(out), "--num_output_frames", "5"]
-    assert cli.run(args) == 0
+    assert flows_cli.run(args) == 0
     outputs = sorted(out.glob("*.mp4"))
     assert [p.name for p in outputs] == ["no_seed.mp4", "seeded.mp4", "text2world_warehouse.mp4"]
     stamps = {p: p.stat().st_mtime_ns for p in outputs}
 
     loads = []
     monkeypatch.setattr(loading, "load_pipeline", lambda key: loads.append(key))
-    assert cli.run([*args, "--skip-existing"]) == 0
-    assert "skipped 3 request(s)" in capsys.readouterr().err
+    assert flows_cli.run([*args, "--skip-existing"]) == 0
+    assert "nothing to do: all 3 request(s) already have their output" in capsys.readouterr().out
     assert loads == [] and {p: p.stat().st_mtime_ns for p in outputs} == stamps
 
     # A changed request is not "the same": without --overwrite it is refused before any load.
-    assert cli.run([*args, "--skip-existing", "--num_steps", "3"]) == cli.EXIT_INPUT
+    assert flows_cli.run([*args, "--skip-existing", "--num_steps", "3"]) == cli.EXIT_INPUT
 
 
 def test_sidecar_explains_the_output(tmp_path):
     out = tmp_path / "clip.mp4"
     assert (
-        cli.run([*TINY_ARGS, "--prompt", "a robot", "--num_output_frames", "5", "--output_path", str(out)])
+        flows_cli.run(
+            [*TINY_ARGS, "--prompt", "a robot", "--num_output_frames", "5", "--output_path", str(out)]
+        )
         == 0
     )
     record = read_sidecar(out)
     request = GenerationRequest(**record["request"])
-    assert request.output_path == out and request.model_id == TINY["model_id"]
+    assert request.output_path == out and request.model_id == "embedded:tiny"
     assert record["seed"] == request.seed and request.seed_chosen is True
     assert record["request_key"] == request.key()
     assert record["revision"] == "diffusers/base/post-trained" and record["guardrail"] is False
-    assert record["adapter"] is None and record["mode"] == "text2world"
+    assert record["adapter"] is None and record["mode"] == "text2world" and record["mlflow_run_id"]
     assert len(record["timings"]["steps_s"]) == 2 and record["timings"]["total_s"] > 0
     assert set(record["versions"]) == {"cosmos_pipeline", "diffusers", "torch"}
 

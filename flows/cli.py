@@ -1,0 +1,119 @@
+"""`cosmos-generate`: the command line, run as the `generate` Prefect flow with MLflow tracking.
+`cosmos-evaluate`: an evaluation suite, run here as an `evaluate-variants` flow run.
+
+Flags are parsed here only (`cosmos_pipeline.cli.parse_args`), and every request is resolved and
+pre-flighted before Prefect or MLflow start: bad input exits 2 at once. Then the flow runs (on the
+server at PREFECT_API_URL, or a temporary local one) and the command prints where the MLflow runs
+are. Exit codes are the core CLI's (`cosmos_pipeline.cli`).
+"""
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from cosmos_pipeline.cli import EXIT_INPUT, EXIT_OK, error_exit_code, parse_args, split_run_options
+from cosmos_pipeline.errors import InputError
+from cosmos_pipeline.settings import Settings, load_settings, resolve
+
+# Before Prefect is imported: no telemetry attempts offline, and room for a slow temporary
+# server start on a small machine. An explicit environment wins.
+PREFECT_DEFAULTS = {
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
+}
+
+
+def print_runs(settings: Settings, flow_run_id: str) -> None:
+    """Where this flow run's MLflow runs are, and how to open them."""
+    from tasks.track import experiment_id, mlflow_client, search_runs, ui_hint
+
+    experiment = experiment_id(mlflow_client(settings), settings.experiment, settings)
+    runs = search_runs(
+        settings.tracking_uri, settings.experiment, f"tags.`prefect.flow_run_id` = '{flow_run_id}'"
+    )
+    print(f"\nMLflow: experiment '{settings.experiment}' (id {experiment}) at {settings.tracking_uri}")
+    for run in runs.to_dict("records"):
+        output = run.get("tags.output_path") or run.get("tags.error") or ""
+        name = run.get("tags.mlflow.runName") or ""
+        print(f"  run {run['run_id']}  {run['status']:<8}  {name}  {output}")
+    print(f"Open the UI: {ui_hint(settings)}")
+    for run_id in runs["run_id"] if "run_id" in runs else []:
+        print(f"  then http://127.0.0.1:5000/#/experiments/{experiment}/runs/{run_id}")
+
+
+def prefect_defaults() -> None:
+    for key, value in PREFECT_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+
+
+def run(argv: Sequence[str] | None = None) -> int:
+    values, skip_existing, keep_going = split_run_options(parse_args(argv))
+    profile = values.pop("profile", None)  # once the core parser has --profile; COSMOS_PROFILE otherwise
+    try:
+        settings = load_settings(profile)
+        plan = resolve(values, settings, skip_existing)
+    except InputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_INPUT
+    if not plan.requests:
+        print(f"nothing to do: all {len(plan.skipped)} request(s) already have their output")
+        return EXIT_OK
+
+    prefect_defaults()
+    from flows.generate import generate
+
+    overrides: dict[str, Any] = {key: value for key, value in values.items() if value is not None}
+    input_path = overrides.pop("input_path", None)
+    state = generate(
+        input_path=None if input_path is None else str(input_path),
+        overrides=overrides,
+        profile=profile,
+        skip_existing=skip_existing,
+        keep_going=keep_going,
+        return_state=True,
+    )
+    print_runs(settings, str(state.state_details.flow_run_id))
+    if state.is_completed():
+        return EXIT_OK
+    error = state.result(raise_on_failure=False)
+    print(f"error: {error}", file=sys.stderr)
+    return error_exit_code(error) if isinstance(error, Exception) else 1
+
+
+def main() -> None:
+    sys.exit(run())
+
+
+def evaluate(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="cosmos-evaluate", description="Run an evaluation suite as a flow.")
+    parser.add_argument(
+        "--suite", default="configs/eval/variants.toml", help="suite file (configs/eval/*.toml)"
+    )
+    parser.add_argument("--profile", help="settings profile (configs/<profile>.toml)")
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings(args.profile)
+    except InputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_INPUT
+    prefect_defaults()
+    from flows.evaluate import evaluate as evaluate_flow
+
+    state = evaluate_flow(suite=args.suite, profile=args.profile, return_state=True)
+    if not state.is_completed():
+        error = state.result(raise_on_failure=False)
+        print(f"error: {error}", file=sys.stderr)
+        return error_exit_code(error) if isinstance(error, Exception) else 1
+    result = state.result()
+    experiment, parent = result["experiment"], result["parent_run_id"]
+    print(f"\nMLflow: parent run {parent} in experiment '{experiment}'")
+    print(f"  side by side: {', '.join(result['comparisons'])}")
+    print(f"  table: cosmos-compare --experiment {experiment} --parent_run_id {parent}")
+    print(f"Open the UI: mlflow ui --backend-store-uri {settings.tracking_uri}")
+    return EXIT_OK
+
+
+def evaluate_main() -> None:
+    sys.exit(evaluate())

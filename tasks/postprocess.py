@@ -1,0 +1,101 @@
+"""After the GPU: write the output (atomically, with its sidecar), measure it, gate it, pick key frames.
+
+The frame gate (`configs/expectations/frames.json`) flags black, white, flat, clipped or flashing
+frames and a wrong frame count. A failed gate is recorded with the run and logged as a warning;
+the output is kept, since a person decides whether a strange video is wrong.
+"""
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from prefect import get_run_logger, task
+from prefect.cache_policies import NONE
+
+from cosmos_pipeline.generate import load_conditioning
+from cosmos_pipeline.long_video import seam_consistency
+from cosmos_pipeline.metrics import conditioning_fidelity, frame_statistics, output_metrics
+from cosmos_pipeline.runner import write_outputs
+from tasks.expectations import INDEX_COLUMN, failures, load_suite, run_suite
+from tasks.generate import Generation
+
+FRAMES_SUITE = "frames"
+
+
+@dataclass
+class Postprocessed:
+    output_path: Path
+    sidecar_path: Path
+    metrics: dict[str, float]
+    frame_stats: pd.DataFrame  # one line per frame, `row` = frame index
+    gate: dict[str, Any]  # the GX result of the frame suite
+    gate_problems: list[str]
+    keyframes: list[tuple[int, np.ndarray]]  # (frame index, frame)
+
+    @property
+    def gate_passed(self) -> bool:
+        return not self.gate_problems
+
+
+def keyframe_indices(num_frames: int) -> list[int]:
+    """First, middle and last frame (fewer for short outputs)."""
+    return sorted({0, num_frames // 2, num_frames - 1})
+
+
+def frame_table(frames: np.ndarray) -> pd.DataFrame:
+    stats = frame_statistics(frames)
+    return pd.DataFrame({INDEX_COLUMN: np.arange(frames.shape[0]), **stats})
+
+
+def measure(generation: Generation) -> dict[str, float]:
+    """Output metrics; with the input's fidelity for Image2World/Video2World and seams for long videos."""
+    result = generation.result
+    metrics = output_metrics(result.frames)
+    conditioning = load_conditioning(result.request)
+    if conditioning is not None:
+        metrics |= conditioning_fidelity(conditioning, result.frames)
+    if result.seams:
+        metrics |= seam_consistency(result.frames, result.seams)
+    return metrics
+
+
+def gate(table: pd.DataFrame, num_frames: int) -> tuple[dict[str, Any], list[str]]:
+    """The frame suite's result and one line per failed expectation."""
+    count = {
+        "type": "expect_table_row_count_to_equal",
+        "kwargs": {"value": num_frames},
+        "meta": {"field": "frames", "message": f"the output should have {num_frames} frames"},
+    }
+    result = run_suite(table, load_suite(FRAMES_SUITE), extra=[count])
+    problems = [
+        f"{failure.message}" + (f" (frames {failure.rows[:10]})" if failure.rows else "")
+        for failure in failures(result)
+    ]
+    return result, problems
+
+
+def postprocess(generation: Generation, record: dict[str, Any] | None = None) -> Postprocessed:
+    result = generation.result
+    path, sidecar = write_outputs(result, record)
+    table = frame_table(result.frames)
+    gate_result, problems = gate(table, result.request.num_frames)
+    keyframes = [(index, result.frames[index]) for index in keyframe_indices(result.frames.shape[0])]
+    return Postprocessed(path, sidecar, measure(generation), table, gate_result, problems, keyframes)
+
+
+@task(
+    name="postprocess",
+    task_run_name="postprocess-{generation.result.request.name}",
+    cache_policy=NONE,
+    persist_result=False,
+)
+def postprocess_output(generation: Generation, record: dict[str, Any] | None = None) -> Postprocessed:
+    """Write the output and its sidecar (`record` adds to it), measure, gate and pick key frames."""
+    logger = get_run_logger()
+    post = postprocess(generation, record)
+    logger.info("wrote %s", post.output_path)
+    for problem in post.gate_problems:
+        logger.warning("frame gate: %s", problem)
+    return post

@@ -1,0 +1,420 @@
+"""MLflow: one run per generation, created before the GPU step so that a failure is tracked too.
+
+Through `MlflowClient` with explicit run ids (no active-run globals), so tasks can run anywhere.
+What a run holds: params (every request field, the variant, placement, acceleration, guardrail,
+versions, git commit), tags (mode, variant, asset, the Prefect flow run), metrics (stage timings,
+per-step time, peak GPU memory, output metrics, per-frame statistics) and artifacts (the output,
+the prompt, the resolved config, GX results, the input or its hash, key frames for the image grid).
+"""
+
+import functools
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
+from prefect import get_run_logger, task
+from prefect.cache_policies import NONE
+
+import cosmos_pipeline
+from cosmos_pipeline.guardrail import effective_guardrail
+from cosmos_pipeline.media import content_hash
+from cosmos_pipeline.request import GenerationRequest
+from cosmos_pipeline.settings import Settings
+from cosmos_pipeline.tiny import is_embedded
+from tasks.generate import Generation
+from tasks.postprocess import Postprocessed
+from tasks.validate import ValidationReport, write_report
+
+PARAM_CHARS = 500  # long prompts are cut in params (the full text is the prompt.txt artifact)
+PARENT_TAG = "mlflow.parentRunId"
+SUMMARY_METRICS = (
+    "time/total_s",
+    "time/denoising_s",
+    "output/temporal_consistency",
+    "output/flicker",
+    "output/sharpness",
+    "output/exposure",
+    "output/clip_high",
+    "output/conditioning_psnr",
+    "output/conditioning_ssim",
+)
+
+
+def mlflow_client(settings: Settings) -> MlflowClient:
+    return MlflowClient(tracking_uri=settings.tracking_uri)
+
+
+def experiment_id(client: MlflowClient, name: str, settings: Settings) -> str:
+    """The experiment's id, created on first use; a local store keeps its artifacts under artifact_root."""
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    local = settings.tracking_uri.startswith(("sqlite:", "file:")) or "://" not in settings.tracking_uri
+    location = (settings.artifact_root.resolve() / name).as_uri() if local else None
+    try:
+        return client.create_experiment(name, artifact_location=location)
+    except MlflowException:  # created meanwhile by a concurrent run
+        experiment = client.get_experiment_by_name(name)
+        if experiment is None:
+            raise
+        return experiment.experiment_id
+
+
+@functools.cache
+def environment_params() -> dict[str, str]:
+    """Versions of what produced the run, and the project's git commit (with `-dirty` if modified)."""
+    import diffusers
+    import prefect
+    import torch
+    import transformers
+
+    checkout = Path(cosmos_pipeline.__file__).resolve().parents[1]
+
+    def git(*args: str) -> str:
+        try:
+            done = subprocess.run(["git", *args], cwd=checkout, capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.SubprocessError):
+            return ""
+        return done.stdout.strip() if done.returncode == 0 else ""
+
+    commit = git("rev-parse", "HEAD") or "unknown"
+    if commit != "unknown" and git("status", "--porcelain", "--untracked-files=no"):
+        commit += "-dirty"
+    return {
+        "version.project": cosmos_pipeline.__version__,
+        "version.torch": torch.__version__,
+        "version.diffusers": diffusers.__version__,
+        "version.transformers": transformers.__version__,
+        "version.prefect": prefect.__version__,
+        "version.python": sys.version.split()[0],
+        "git_commit": commit,
+    }
+
+
+def prefect_tags() -> dict[str, str]:
+    """The Prefect flow run this MLflow run belongs to, and where to see it."""
+    from prefect.runtime import deployment, flow_run
+
+    tags = {
+        "prefect.flow_run_id": str(flow_run.id or ""),
+        "prefect.flow_run_name": str(flow_run.name or ""),
+        "prefect.flow_name": str(flow_run.flow_name or ""),
+        "prefect.flow_run_url": str(flow_run.ui_url or ""),
+    }
+    if deployment.id:
+        tags["prefect.deployment"] = str(deployment.name)
+    # Without a UI (the temporary server) Prefect still builds a URL, on "None": leave it out.
+    return {key: value for key, value in tags.items() if value and not value.startswith("None/")}
+
+
+def variant_label(request: GenerationRequest) -> str:
+    """A short variant name: the revision's last part (`post-trained`), with the LoRA if any."""
+    label = request.revision.rsplit("/", 1)[-1]
+    return label if request.lora_path is None else f"{label}+{request.lora_path.stem}"
+
+
+def _cut(value: Any) -> str:
+    text = "None" if value is None else str(value)
+    return text if len(text) <= PARAM_CHARS else text[: PARAM_CHARS - 1] + "…"
+
+
+def request_params(request: GenerationRequest) -> dict[str, str]:
+    """Every resolved request field, and what derives from them (mode, effective guardrail)."""
+    params = {key: _cut(value) for key, value in request.model_dump(mode="json").items()}
+    params["mode"] = request.mode
+    params["guardrail_enabled"] = str(effective_guardrail(request.guardrail, is_embedded(request.model_id)))
+    return params
+
+
+def _log(client: MlflowClient, run_id: str, params=None, metrics=None, tags=None) -> None:
+    """log_batch in chunks within MLflow's per-call limits (100 params or tags, 1000 metrics)."""
+    params = [Param(key, value) for key, value in (params or {}).items()]
+    tags = [RunTag(key, value) for key, value in (tags or {}).items()]
+    metrics = metrics or []
+    for start in range(0, max(len(params), len(tags), 1), 100):
+        client.log_batch(run_id, params=params[start : start + 100], tags=tags[start : start + 100])
+    for start in range(0, len(metrics), 1000):
+        client.log_batch(run_id, metrics=metrics[start : start + 1000])
+
+
+def run_tags(request: GenerationRequest, variant: str | None = None) -> dict[str, str]:
+    return {
+        "mode": request.mode,
+        "variant": variant or variant_label(request),
+        "asset": request.name or "generation",
+        "seed": str(request.seed),
+    }
+
+
+@task(name="start-run", cache_policy=NONE)
+def start_run(
+    settings: Settings,
+    run_name: str,
+    tags: dict[str, str],
+    params: dict[str, str] | None = None,
+    experiment: str | None = None,
+    parent_run_id: str | None = None,
+) -> str:
+    """Create a RUNNING MLflow run with its tags and params; its id is what later tasks log to."""
+    client = mlflow_client(settings)
+    all_tags = {**tags, **prefect_tags(), "profile": settings.profile}
+    all_tags["mlflow.source.git.commit"] = environment_params()["git_commit"]
+    if parent_run_id is not None:
+        all_tags[PARENT_TAG] = parent_run_id
+    run = client.create_run(
+        experiment_id(client, experiment or settings.experiment, settings), run_name=run_name, tags=all_tags
+    )
+    _log(client, run.info.run_id, params={**(params or {}), **environment_params()})
+    get_run_logger().info("MLflow run %s (%s) in %s", run.info.run_id, run_name, settings.tracking_uri)
+    return run.info.run_id
+
+
+def generation_metrics(generation: Generation, post: Postprocessed) -> list[Metric]:
+    now = int(time.time() * 1000)
+    result, timings = generation.result, generation.result.timings
+    values = {
+        "time/prompt_encoding_s": timings.prompt_encoding_s,
+        "time/conditioning_s": timings.conditioning_s,
+        "time/denoising_s": timings.denoising_s,
+        "time/decode_s": timings.decode_s,
+        "time/total_s": timings.total_s,
+        "transformer_forwards": timings.forwards,
+        "gate/frames_passed": float(post.gate_passed),
+        **{f"output/{key}": value for key, value in post.metrics.items()},
+    }
+    if generation.load_s is not None:
+        values["time/pipeline_load_s"] = generation.load_s
+    if result.peak_memory_bytes is not None:
+        values["memory/peak_gpu_gib"] = result.peak_memory_bytes / 2**30
+    metrics = [Metric(key, float(value), now, 0) for key, value in values.items()]
+    metrics += [Metric("time/step_s", seconds, now, step) for step, seconds in enumerate(timings.steps_s)]
+    for column in post.frame_stats.columns.drop("row"):
+        metrics += [
+            Metric(f"frame/{column}", float(value), now, int(frame))
+            for frame, value in zip(post.frame_stats["row"], post.frame_stats[column], strict=True)
+            if pd.notna(value)
+        ]
+    return metrics
+
+
+def _config(settings: Settings, request: GenerationRequest, context: dict[str, Any]) -> dict[str, Any]:
+    """The resolved configuration: enough to reproduce the run from this file alone."""
+    return {
+        "settings": settings.model_dump(mode="json"),
+        "request": request.model_dump(mode="json"),
+        "flow": context,
+    }
+
+
+@task(name="track", task_run_name="track-{run_id}", cache_policy=NONE, persist_result=False)
+def log_generation(
+    settings: Settings,
+    run_id: str,
+    generation: Generation,
+    post: Postprocessed,
+    validation: ValidationReport,
+    context: dict[str, Any],
+) -> None:
+    """Everything about a finished generation, then mark the run FINISHED."""
+    client = mlflow_client(settings)
+    result, request = generation.result, generation.result.request
+    params = {f"pipeline.{key}": _cut(value) for key, value in generation.pipeline.items()}
+    params |= {f"acceleration.{key}": _cut(value) for key, value in result.acceleration.items()}
+    params |= {"guardrail_ran": str(result.guardrail), "device_limits": ",".join(generation.limits)}
+    tags = {"output_gate": "passed" if post.gate_passed else "failed", "output_path": str(post.output_path)}
+    tags["mlflow.note.content"] = (
+        f"**{request.mode}** `{request.name}` seed {result.seed}\n\n> {request.prompt}"
+    )
+    _log(client, run_id, params=params, metrics=generation_metrics(generation, post), tags=tags)
+
+    client.log_artifact(run_id, str(post.output_path), "output")
+    client.log_artifact(run_id, str(post.sidecar_path), "output")
+    prompt = f"{request.prompt}\n\nnegative prompt:\n{request.negative_prompt or '(the pipeline default)'}\n"
+    client.log_text(run_id, prompt, "prompt.txt")
+    client.log_dict(run_id, _config(settings, request, context), "config.json")
+    client.log_dict(run_id, validation.as_json(), "validation/requests.json")
+    client.log_dict(run_id, post.gate, "validation/frames.json")
+    client.log_table(run_id, post.frame_stats, "frame_statistics.json")
+    if request.input_path is not None:
+        client.set_tag(run_id, "input_sha256", content_hash(request.input_path))
+        if request.input_path.stat().st_size <= settings.max_input_artifact_mb * 2**20:
+            client.log_artifact(run_id, str(request.input_path), "input")
+    for index, frame in post.keyframes:
+        client.log_image(run_id, frame, key="keyframes", step=index)
+    client.set_terminated(run_id, "FINISHED")
+
+
+def _record_error(client: MlflowClient, run_id: str, error: BaseException) -> None:
+    client.set_tag(run_id, "error", _cut(f"{type(error).__name__}: {error}"))
+    client.set_tag(run_id, "error_type", type(error).__name__)
+    text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+    client.log_text(run_id, text, "error.txt")
+
+
+@task(name="fail-run", cache_policy=NONE, persist_result=False)
+def fail_run(settings: Settings, run_id: str, error: BaseException) -> None:
+    """Mark the run FAILED with the error (tag) and its traceback (error.txt)."""
+    client = mlflow_client(settings)
+    _record_error(client, run_id, error)
+    client.set_terminated(run_id, "FAILED")
+    get_run_logger().error("MLflow run %s failed: %s: %s", run_id, type(error).__name__, error)
+
+
+@task(name="record-validation-failure", cache_policy=NONE, persist_result=False)
+def record_validation_failure(
+    settings: Settings,
+    report: ValidationReport,
+    error: BaseException,
+    context: dict[str, Any],
+    experiment: str | None = None,
+) -> str:
+    """A FAILED run that holds the validation report, so a rejected batch is visible in MLflow too."""
+    client = mlflow_client(settings)
+    tags = {"mode": "validation", "asset": str(context.get("input_path") or "batch"), **prefect_tags()}
+    run = client.create_run(
+        experiment_id(client, experiment or settings.experiment, settings), run_name="validation", tags=tags
+    )
+    run_id = run.info.run_id
+    _log(
+        client,
+        run_id,
+        params={"rows": str(report.rows), "failed_rows": _cut(report.failed_rows), **environment_params()},
+        metrics=[Metric("validation/failed_rows", len(report.failed_rows), int(time.time() * 1000), 0)],
+    )
+    with tempfile.TemporaryDirectory() as directory:
+        for path in write_report(report, Path(directory)):
+            client.log_artifact(run_id, str(path), "validation")
+    client.log_dict(run_id, {"settings": settings.model_dump(mode="json"), "flow": context}, "config.json")
+    _record_error(client, run_id, error)
+    client.set_terminated(run_id, "FAILED")
+    return run_id
+
+
+# ----------------------------------------------------------------------------- reading runs back
+
+
+def search_runs(tracking_uri: str, experiment: str, filter_string: str = "") -> pd.DataFrame:
+    """`mlflow.search_runs` of one experiment (columns `params.*`, `metrics.*`, `tags.*`)."""
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri)
+    return mlflow.search_runs(
+        experiment_names=[experiment], filter_string=filter_string, output_format="pandas"
+    )
+
+
+def summary_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """One line per generation run: asset, variant, seed, mode, status, the summary metrics, run id.
+
+    Validation records and evaluation parents are left out: they are not generations.
+    """
+    if "tags.mode" in runs:
+        runs = runs[~runs["tags.mode"].isin(["validation", "evaluation"])]
+    columns = {
+        "tags.asset": "asset",
+        "tags.variant": "variant",
+        "tags.seed": "seed",
+        "tags.mode": "mode",
+        "status": "status",
+        **{f"metrics.{key}": key.split("/", 1)[-1] for key in SUMMARY_METRICS},
+        "run_id": "run_id",
+    }
+    table = pd.DataFrame({name: runs[column] if column in runs else None for column, name in columns.items()})
+    table = table.dropna(axis="columns", how="all")
+    return table.sort_values([c for c in ("asset", "seed", "variant") if c in table]).reset_index(drop=True)
+
+
+def markdown_table(table: pd.DataFrame, digits: int = 3) -> str:
+    """A GitHub-flavoured markdown table (pandas' to_markdown needs the optional `tabulate`)."""
+
+    def cell(value: Any) -> str:
+        if isinstance(value, float):
+            return "" if pd.isna(value) else f"{value:.{digits}g}" if abs(value) < 1e4 else f"{value:.0f}"
+        return "" if value is None else str(value).replace("|", "\\|")
+
+    header = "| " + " | ".join(map(str, table.columns)) + " |"
+    rule = "| " + " | ".join("---" for _ in table.columns) + " |"
+    lines = ["| " + " | ".join(cell(value) for value in row) + " |" for row in table.itertuples(index=False)]
+    return "\n".join([header, rule, *lines]) + "\n"
+
+
+def ui_hint(settings: Settings) -> str:
+    """The command that opens this store in MLflow's UI."""
+    if settings.tracking_uri.startswith(("http://", "https://", "databricks")):
+        return f"open {settings.tracking_uri}"
+    return f"mlflow ui --backend-store-uri {settings.tracking_uri}"
+
+
+def evaluation_markdown(
+    suite: str, parent_run_id: str, table: pd.DataFrame, comparisons: list[Path], loads: dict[str, int]
+) -> str:
+    """The evaluation report: per-variant means, every case, the side-by-side files, pipeline loads."""
+    metrics = [
+        column
+        for column in table.columns
+        if column not in ("asset", "variant", "seed", "mode", "status", "run_id")
+    ]
+    means = table.groupby("variant", sort=False)[metrics].mean(numeric_only=True).reset_index()
+    lines = [
+        f"# Evaluation `{suite}`",
+        "",
+        f"MLflow parent run `{parent_run_id}`: {len(table)} case(s), "
+        f"{int((table['status'] == 'FINISHED').sum())} finished.",
+        "",
+        "## Mean per variant",
+        "",
+        markdown_table(means),
+        "## Cases",
+        "",
+        markdown_table(table),
+        "## Side by side",
+        "",
+        *[f"- `comparison/{path.name}`" for path in comparisons],
+        "",
+        "## Pipeline loads",
+        "",
+        *[f"- {label}: {count}" for label, count in loads.items()],
+        "",
+    ]
+    return "\n".join(lines)
+
+
+@task(name="report-evaluation", cache_policy=NONE, persist_result=False)
+def log_evaluation(
+    settings: Settings,
+    experiment: str,
+    parent_run_id: str,
+    suite: str,
+    comparisons: list[Path],
+    loads: dict[str, int],
+    failed: int,
+) -> pd.DataFrame:
+    """Summary table, report and side-by-side files on the parent run (and the report in Prefect)."""
+    from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+    client = mlflow_client(settings)
+    runs = search_runs(settings.tracking_uri, experiment, f"tags.`{PARENT_TAG}` = '{parent_run_id}'")
+    table = summary_table(runs)
+    report = evaluation_markdown(suite, parent_run_id, table, comparisons, loads)
+    client.log_table(parent_run_id, table, "summary.json")
+    client.log_text(parent_run_id, report, "report.md")
+    for path in comparisons:
+        client.log_artifact(parent_run_id, str(path), "comparison")
+    now = int(time.time() * 1000)
+    metrics = [Metric(f"pipeline_loads/{label}", count, now, 0) for label, count in loads.items()]
+    metrics += [Metric("cases", len(table), now, 0), Metric("failed_cases", failed, now, 0)]
+    _log(client, parent_run_id, metrics=metrics)
+    client.set_terminated(parent_run_id, "FAILED" if failed else "FINISHED")
+    create_markdown_artifact(key="evaluation-report", markdown=report, description=f"evaluation {suite}")
+    create_table_artifact(
+        key="evaluation-summary", table=table.astype(object).where(table.notna(), None).to_dict("records")
+    )
+    return table

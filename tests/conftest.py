@@ -1,0 +1,99 @@
+"""Shared fixtures: the embedded model's cache, a real Prefect API, a real MLflow SQLite store.
+
+Prefect reads its settings when imported, so its home and telemetry are set here, before any
+test module imports it. The Prefect server (`prefect_test_harness`: a real API server in a
+subprocess, on a temporary SQLite database) and the MLflow store start once per session; each
+test gets its own MLflow experiment and output folder.
+"""
+
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="prefect-home-"))
+os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+os.environ.pop("MLFLOW_TRACKING_URI", None)  # tests never write to a developer's store
+for key in [key for key in os.environ if key.startswith("COSMOS_") and key != "COSMOS_CACHE_DIR"]:
+    del os.environ[key]
+
+REPO = Path(__file__).resolve().parents[1]
+ASSETS = REPO / "assets"
+# Flags for a generation that takes about a second on a 2-core CPU with the embedded model.
+TINY_FLAGS: dict[str, Any] = {
+    "model_id": "embedded:tiny",
+    "height": 64,
+    "width": 112,
+    "num_output_frames": 9,
+    "num_steps": 2,
+    "device": "cpu",
+}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def embedded_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The embedded model is built once per session (about 5 s a revision), in a temp folder."""
+    if "COSMOS_CACHE_DIR" not in os.environ:
+        os.environ["COSMOS_CACHE_DIR"] = str(tmp_path_factory.mktemp("cosmos-cache"))
+    return Path(os.environ["COSMOS_CACHE_DIR"])
+
+
+@pytest.fixture(scope="session")
+def prefect_api():
+    """A real Prefect API server for the session; flows run in this process report to it."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        from prefect.settings import PREFECT_API_URL
+
+        yield PREFECT_API_URL.value()
+
+
+@pytest.fixture(scope="session")
+def mlflow_store(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """One SQLite store for the session (its schema migration costs seconds); experiments isolate tests."""
+    root = tmp_path_factory.mktemp("mlflow")
+    return {"tracking_uri": f"sqlite:///{root / 'mlflow.db'}", "artifact_root": str(root / "mlartifacts")}
+
+
+@pytest.fixture
+def tracked(mlflow_store: dict[str, str], request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, Any]:
+    """Explicit settings for one test: the session store, an experiment of its own, a temp output folder."""
+    name = re.sub(r"[^A-Za-z0-9_-]+", "-", request.node.name)[:80]
+    return {
+        **mlflow_store,
+        "experiment": f"test-{name}",
+        "eval_experiment": f"test-eval-{name}",
+        "output_dir": str(tmp_path / "outputs"),
+        "retries": 0,
+    }
+
+
+@pytest.fixture
+def mlflow_client(mlflow_store: dict[str, str]):
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=mlflow_store["tracking_uri"])
+
+
+@pytest.fixture(scope="session")
+def tiny_lora(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random LoRA adapter for the embedded transformer, saved in diffusers' format."""
+    from diffusers import Cosmos2_5_PredictBasePipeline
+    from peft import LoraConfig, get_peft_model_state_dict
+
+    from cosmos_pipeline import tiny
+
+    path = tmp_path_factory.mktemp("lora")
+    transformer = tiny.build_transformer(tiny.REVISION_SEEDS[tiny.POST_TRAINED])
+    # Random (not zero) B matrices, so the adapter changes the output from the first step.
+    config = LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v"], init_lora_weights=False)
+    transformer.add_adapter(config)
+    Cosmos2_5_PredictBasePipeline.save_lora_weights(
+        path, transformer_lora_layers=get_peft_model_state_dict(transformer)
+    )
+    return path
