@@ -1,5 +1,6 @@
 # The two commands the README documents: `make demo` (the main job, offline, on the embedded
 # model) and `make test` (lint + the test suite). Both create the virtual environment first.
+# `make stack` starts the production stack (README "Production"; STACK_ARGS="--gpus 2 --host 0.0.0.0"...).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -10,7 +11,7 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[test]"
 	touch $@
 
-.PHONY: install demo test
+.PHONY: install demo test stack stack-status stack-down
 install: $(BIN)/.installed
 
 demo: $(BIN)/.installed
@@ -20,3 +21,12 @@ demo: $(BIN)/.installed
 test: $(BIN)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
+
+stack: $(BIN)/.installed
+	$(BIN)/python scripts/stack.py up $(STACK_ARGS)
+
+stack-status: $(BIN)/.installed
+	$(BIN)/python scripts/stack.py status $(STACK_ARGS)
+
+stack-down: $(BIN)/.installed
+	$(BIN)/python scripts/stack.py down $(STACK_ARGS)

@@ -14,8 +14,11 @@ Sections (each writes OUT/SECTION.json; the tables print last):
              the memory options; a few steps each, extrapolated to 36
   full       full 36-step runs of the default and the fast mode, and the fast mode's drift
   drift      each fast-mode lever's drift against the default mode at 256p over 36 steps
+  fp8diag    the FP8 attention kernels on the first block's own inputs
 
-  python benchmarks/gpu_benchmark.py check attention forward --model 2B --out /tmp/bench
+The commands behind benchmarks/RESULTS.md are listed there, e.g. the side-by-side table:
+  python3 benchmarks/gpu_benchmark.py forward pipeline --variants plain fp8-attention fp8-attention-eager \
+      fast --fast-attention auto --steps 2 --model 2B --out $OUT
   python benchmarks/gpu_benchmark.py --scale tiny check forward pipeline drift   # CPU smoke run
 """
 
@@ -371,7 +374,9 @@ def section_check(run: Run) -> None:
             )
             q, k, v = (x.transpose(1, 2) for x in (q, k, v))
             exact = torch.nn.functional.scaled_dot_product_attention(q.float(), k.float(), v.float())
-            for kernel in ("sdpa", "cudnn", "flash", "triton", "fp8"):
+            kernels_here = ["sdpa", "cudnn", "flash", "triton", "fp8-triton"]
+            kernels_here += ["fa3", "fp8-fa3"] if acc.fa3_available() else []
+            for kernel in kernels_here:
                 out = acc.attention(q, k, v, kernel).unflatten(2, (heads, 128)).transpose(1, 2)
                 err = rel_err(out, exact)
                 rows.append([f"attention {kernel} N={tokens} H={heads}", err, None, None])
@@ -484,6 +489,11 @@ FORWARD_VARIANTS: dict[str, tuple[str, Acceleration]] = {
     "triton": ("default with the Triton bf16 kernel", Acceleration(attention="triton")),
     "fp8-attention-eager": ("eager, fp8 attention", Acceleration(compile="off", attention="fp8")),
     "fp8-triton-attention": ("default + fp8 attention (Triton kernel)", Acceleration(attention="fp8-triton")),
+    "fp8-fa3-attention": ("default + fp8 attention (FA3, smoothed K/V)", Acceleration(attention="fp8-fa3")),
+    "fast-fa3": (
+        "fp8 attention (FA3, smoothed K/V) + fp8 linears",
+        Acceleration(attention="fp8-fa3", fp8_linear=True),
+    ),
 }
 
 
@@ -558,6 +568,7 @@ def section_forward(run: Run) -> None:
         run.log(rows[-1])
         run.save(f"forward_{run.args.model}", data)  # after each variant: a killed run keeps what it measured
     acc.accelerate_transformer(transformer, acc.AccelerationPlan())
+    torch._dynamo.reset()  # compiled graphs hold on to the weights
     run.save(f"forward_{run.args.model}", data)
     run.table(
         f"{run.args.model} transformer forward, 720p x 93 frames ({flops / 1e15:.3f} PFLOP; dense floor "
@@ -734,7 +745,7 @@ def section_pipeline(run: Run, pipe=None) -> None:
         "fast": "(c) fast mode",
     }
     for name, options in modes:
-        if name == "noise" and "baseline" not in data:
+        if name not in run.args.modes or (name == "noise" and "baseline" not in data):
             continue
         plan = apply_acceleration(pipe, options, device=device)
         warm_start = time.perf_counter()
@@ -765,13 +776,21 @@ def section_pipeline(run: Run, pipe=None) -> None:
     # Memory options, on the default mode's transformer.
     memory_rows = []
     memory_options = [
-        ("offload text encoder", Acceleration(offload="text_encoder")),
-        ("tiled VAE decode", Acceleration(vae_tiling="on")),
-        ("model CPU offload", Acceleration(offload="model")),
-        (f"auto within {run.args.budget_gib:g} GiB", Acceleration(memory_budget_gib=run.args.budget_gib)),
+        (key, name, options)
+        for key, name, options in [
+            ("text_encoder", "offload text encoder", Acceleration(offload="text_encoder")),
+            ("tiled", "tiled VAE decode", Acceleration(vae_tiling="on")),
+            ("model", "model CPU offload", Acceleration(offload="model")),
+            (
+                "budget",
+                f"auto within {run.args.budget_gib:g} GiB",
+                Acceleration(memory_budget_gib=run.args.budget_gib),
+            ),
+        ]
+        if key in run.args.memory
     ]
     reference = data["default"]
-    for name, options in memory_options:
+    for _, name, options in memory_options:
         if run.time_left() < (90 if run.args.scale == "real" else 5):
             run.log("pipeline: out of time before", name)
             break
@@ -923,7 +942,7 @@ def section_drift(run: Run, pipe=None) -> None:
     device = run.device
     pipe = pipe or build_pipeline(run.args.model, run.args.scale, device)
     rows, data = [], {}
-    seeds = (1, 2)
+    seeds = tuple(run.args.seeds)
     reference: dict[int, GenerationResult] = {}
     for seed in seeds:
         reference[seed] = generate(
@@ -953,7 +972,74 @@ def section_drift(run: Run, pipe=None) -> None:
     )
 
 
+def section_fp8diag(run: Run, pipe=None) -> None:
+    """FP8 attention kernels on the self-attention inputs of the model's first block, against FA3 bf16."""
+    device = run.device
+    transformer = (
+        pipe.transformer if pipe is not None else build_transformer(run.args.model, run.args.scale, device)
+    )
+    exact = "cudnn" if device.type == "cuda" else "triton"  # any kernel but sdpa installs the processors
+    acc.accelerate_transformer(transformer, acc.AccelerationPlan(attention=exact))
+    captured: list[torch.Tensor] = []
+    attention = acc.attention
+
+    def capture(query, key, value, kernel):
+        if not captured and query.shape[2] == key.shape[2]:
+            captured.extend(x.clone() for x in (query, key, value))
+        return attention(query, key, value, kernel)
+
+    height, width, frames = TINY["size"] if run.args.scale == "tiny" else (704, 1280, 93)
+    latent = (1, 16, (frames - 1) // 4 + 1, height // 8, width // 8)
+    acc.attention = capture
+    try:
+        with torch.no_grad():
+            transformer(
+                hidden_states=torch.randn(latent, device=device).bfloat16(),
+                condition_mask=torch.zeros(1, 1, *latent[2:], device=device, dtype=torch.bfloat16),
+                timestep=torch.full((1, 1, latent[2], 1, 1), 0.9, device=device),
+                encoder_hidden_states=torch.randn(
+                    1, 512, transformer.config.crossattn_proj_in_channels, device=device
+                ).bfloat16(),
+                padding_mask=torch.zeros(1, 1, height, width, device=device, dtype=torch.bfloat16),
+            )
+    finally:
+        acc.attention = attention
+    acc.accelerate_transformer(transformer, acc.AccelerationPlan())
+    q, k, v = captured
+    random = [torch.randn_like(x) for x in (q, k, v)]
+    rows, data = [], {}
+    for inputs_name, (qq, kk, vv) in [("block-0 inputs", (q, k, v)), ("random inputs", random)]:
+        reference = acc.attention(qq, kk, vv, "fa3" if acc.fa3_available() else "sdpa")
+        stats = {
+            "k_mean_over_rms": float(
+                kk.float().mean(2).norm() / kk.float().pow(2).mean().sqrt() / kk.shape[1] ** 0.5
+            )
+        }
+        smooth_k, smooth_v = kk - kk.mean(2, keepdim=True), vv - vv.mean(2, keepdim=True)
+        for kernel in (exact, "fp8-triton", "fp8-fa3", "fp8-fa3 smooth k, v"):
+            if kernel.startswith("fp8-fa3") and not acc.fa3_available():
+                continue
+            if kernel == "fp8-fa3 smooth k, v":
+                out = acc.attention(qq, smooth_k, smooth_v, "fp8-fa3") + vv.mean(2, keepdim=True).transpose(
+                    1, 2
+                ).flatten(2, 3)
+            else:
+                out = acc.attention(qq, kk, vv, kernel)
+            err = rel_err(out, reference)
+            rows.append([inputs_name, kernel, err])
+            data[f"{inputs_name} {kernel}"] = err
+        data[f"{inputs_name} stats"] = stats
+        rows.append([inputs_name, "k: norm of mean / rms", stats["k_mean_over_rms"]])
+    run.save("fp8diag", data)
+    run.table(
+        "FP8 attention on real block inputs: rel err against the FA3 bf16 output",
+        ["inputs", "kernel", "rel err"],
+        rows,
+    )
+
+
 SECTIONS = {
+    "fp8diag": section_fp8diag,
     "check": section_check,
     "attention": section_attention,
     "forward": section_forward,
@@ -989,6 +1075,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--fast-attention", default="fp8", help="pipeline/full: the fast mode's attention kernel"
     )
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2], help="drift: seeds")
+    parser.add_argument("--memory", nargs="*", default=["text_encoder", "tiled", "model", "budget"])
+    parser.add_argument(
+        "--modes", nargs="+", default=["noise", "default", "fast"], help="pipeline: modes to run"
+    )
     parser.add_argument("--time-limit", type=float, default=560.0, help="seconds; later variants are skipped")
     args = parser.parse_args(argv)
 
@@ -999,7 +1090,7 @@ def main(argv: list[str] | None = None) -> None:
         run.log(f"== {section}")
         if section in ("pipeline", "full", "drift") and args.fast_attention == "auto":
             args.fast_attention = "fp8"
-        if section in ("pipeline", "full", "drift"):
+        if section in ("pipeline", "full", "drift", "fp8diag"):
             pipe = pipe or build_pipeline(args.model, args.scale, run.device)
             run.log("pipeline built", f"peak {peak_gib(run.device)} GiB")
             SECTIONS[section](run, pipe)

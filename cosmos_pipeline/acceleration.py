@@ -1,12 +1,13 @@
 """How a generation uses the GPU: the default mode, the opt-in fast mode, and the memory plan.
 
 - Default mode (same math, faster; picked automatically per device): regional `torch.compile` of the
-  transformer blocks, the fastest exact attention kernel measured on the device (cuDNN on Hopper),
-  and the adaLN modulation computed once per latent frame instead of once per token. On the CPU
-  nothing changes, so the output is bit-identical to the plain diffusers call.
+  transformer blocks, the fastest exact attention kernel measured on the device (on Hopper:
+  FlashAttention-3 where the optional `fa3-fwd` package is installed, else cuDNN), and the adaLN
+  modulation computed once per latent frame instead of once per token. On the CPU nothing changes,
+  so the output is bit-identical to the plain diffusers call.
 - Fast mode (opt-in; the output drifts, by amounts measured in benchmarks/RESULTS.md): FP8 attention
-  and FP8 linears, classifier-free guidance on an interval of the steps only, and reuse of the
-  previous step's velocity on alternate steps (step caching).
+  (`cosmos_pipeline.kernels`) and FP8 linears, classifier-free guidance on an interval of the steps
+  only, and reuse of the previous step's velocity on alternate steps (step caching).
 - Memory plan: the text encoder waits in pinned host memory and visits the GPU only to encode a new
   prompt; the VAE decodes in tiles only when free memory is short; or whole-model CPU offload.
 
@@ -32,7 +33,9 @@ from torch import nn
 logger = logging.getLogger(__name__)
 
 Toggle = Literal["auto", "on", "off"]
-# "fp8" takes the best FP8 kernel available ("fp8-fa3", else "fp8-triton"); both names can be asked for.
+# "fp8" is the project's Triton kernel ("fp8-triton"): the one the fast mode's end-to-end runs and drift
+# were measured with. FlashAttention-3's FP8 kernel ("fp8-fa3", K and V centred first) measured 16% faster
+# per fast-mode forward at the same error, but only per forward: it runs when asked for by name.
 AttentionKernel = Literal[
     "auto", "sdpa", "cudnn", "flash", "efficient", "triton", "fa3", "fp8", "fp8-fa3", "fp8-triton"
 ]
@@ -45,11 +48,11 @@ HOPPER = (9, 0)
 FP8_MATMUL = (8, 9)  # Ada and newer have e4m3 tensor cores
 GIB = 2**30
 
-# Working memory, measured on an H100 at 720p x 93 frames (benchmarks/RESULTS.md) and scaled linearly.
-DECODE_BYTES_PER_PIXEL = 178.0  # untiled Wan VAE decode: 13.9 GiB for 704 x 1280 x 93 output pixels
-TILED_DECODE_BYTES_PER_PIXEL = 40.0
-DENOISE_BYTES_PER_TOKEN_CHANNEL = 40.0  # transformer activations per (token x hidden channel), plain path
-ENCODE_BYTES = 1 * GIB  # text encoder activations for 512 tokens, and its hidden states
+# Working memory above the weights, measured on an H100 (benchmarks/RESULTS.md) and scaled linearly.
+DECODE_BYTES_PER_PIXEL = 128.0  # untiled Wan VAE decode: 9.9 GiB for 704 x 1280 x 93 output pixels
+TILED_DECODE_BYTES_PER_PIXEL = 28.0  # tiled: 2.2 GiB
+DENOISE_BYTES_PER_TOKEN_CHANNEL = 40.0  # one plain forward: 6.2 GiB (2B) and 15.5 GiB (14B) at 84,480 tokens
+ENCODE_BYTES = int(1.5 * GIB)  # prompt encoding (512 tokens) on top of all weights: 1.2 GiB measured
 
 
 class Acceleration(BaseModel):
@@ -65,10 +68,8 @@ class Acceleration(BaseModel):
     fp8_linear: bool = False  # e4m3 matrix products for the transformer blocks' token-wise linears
     guidance_interval: tuple[float, float] = (0.0, 1.0)  # [start, end) fraction of the steps with CFG
     cache_interval: int = Field(default=1, ge=1)  # n > 1: the transformer runs every n-th step in the window
-    cache_window: tuple[float, float] = (
-        0.5,
-        1.0,
-    )  # [start, end) fraction of the steps where reuse may happen
+    # [start, end) fraction of the steps where a step may reuse the previous velocity
+    cache_window: tuple[float, float] = (0.5, 1.0)
     # Memory plan.
     offload: Offload = "auto"
     vae_tiling: Toggle = "auto"  # auto: tiled only when free memory is below the untiled decode's need
@@ -90,8 +91,9 @@ class Acceleration(BaseModel):
                 compile="off", attention="sdpa", frame_modulation="off", offload="none", vae_tiling="off"
             ),
             "default": {},
-            # CFG only on the middle half of the steps (little effect at the noisiest and the cleanest
-            # steps), and the velocity reused on every other step in the second half.
+            # CFG only on the middle half of the steps (guidance matters least at the noisiest and the
+            # cleanest noise levels; Kynkaenniemi et al. 2024), the velocity reused on every other step
+            # of the second half: 41 forwards instead of 72.
             "fast": dict(
                 attention="fp8",
                 fp8_linear=True,
@@ -184,10 +186,9 @@ def choose_offload(
     decode). `model`: one component on the GPU at a time.
     """
     weights = sizes.text_encoder + sizes.transformer + sizes.vae
-    work = max(denoise_bytes(height, width, frames, sizes.hidden_size), decode_bytes(height, width, frames))
-    if weights + work <= budget:
-        return "none"
     denoise = denoise_bytes(height, width, frames, sizes.hidden_size)
+    if weights + max(denoise, decode_bytes(height, width, frames)) <= budget:
+        return "none"
     rest = sizes.transformer + sizes.vae + max(denoise, decode_bytes(height, width, frames, tiled=True))
     if max(weights - sizes.text_encoder_vision + ENCODE_BYTES, rest) <= budget:
         return "text_encoder"
@@ -246,7 +247,7 @@ def resolve_plan(
     exact = ("fa3" if has_fa3 else "cudnn") if hopper else "sdpa"
     attention = options.attention
     if attention == "fp8":
-        attention = "fp8-fa3" if has_fa3 else "fp8-triton"
+        attention = "fp8-triton"
     available = {
         "auto": True,
         "sdpa": True,
@@ -337,7 +338,7 @@ def attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, kerne
     The Triton kernels cover head sizes 64 and 128 (FP8 tensor cores need 32 or more), FlashAttention-3
     64 to 256; other shapes take PyTorch's SDPA.
     """
-    if kernel in ("fa3", "fp8-fa3") and query.shape[-1] in (64, 96, 128, 192, 256):
+    if kernel in ("fa3", "fp8-fa3") and query.shape[-1] in (64, 96, 128, 192, 256) and query.is_cuda:
         import fa3_fwd_interface
 
         from cosmos_pipeline import kernels
@@ -347,10 +348,10 @@ def attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, kerne
                 query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2)
             )
         else:
+            key, value, value_mean = kernels.smooth_kv(key, value)
             (q8, q_scale), (k8, k_scale), (v8, v_scale) = (
                 kernels.quantize_per_head(x) for x in (query, key, value)
             )
-            # FA3's FP8 path gets contiguous (B, N, H, D) inputs: the layout it is tested with.
             out = fa3_fwd_interface.flash_attn_func(
                 q8.transpose(1, 2).contiguous(),
                 k8.transpose(1, 2).contiguous(),
@@ -359,6 +360,7 @@ def attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, kerne
                 k_descale=k_scale,
                 v_descale=v_scale,
             )
+            out = out + value_mean.transpose(1, 2).to(out.dtype)
         return out.flatten(2, 3)  # FlashAttention works in (B, N, H, D), the layout of the projections
     if kernel == "cudnn":
         out = torch.ops.aten._scaled_dot_product_cudnn_attention(query, key, value, None, False)[0]

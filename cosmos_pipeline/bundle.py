@@ -18,7 +18,7 @@ from pydantic import ValidationError
 
 from cosmos_pipeline.errors import InputError
 from cosmos_pipeline.media import check_media, check_output_path, read_video
-from cosmos_pipeline.policy import Policy, enforce
+from cosmos_pipeline.policy import Policy, check_readable, enforce
 from cosmos_pipeline.request import RESOLUTIONS, GenerationRequest
 from cosmos_pipeline.sidecar import read_sidecar
 
@@ -44,8 +44,9 @@ def is_bundle(path: Path) -> bool:
     return path.suffix.lower() in BUNDLE_SUFFIXES
 
 
-def read_bundle(path: Path) -> list[dict[str, Any]]:
+def read_bundle(path: Path, policy: Policy = LOCAL_POLICY) -> list[dict[str, Any]]:
     """The raw entries of a bundle, with relative paths made relative to the bundle's folder."""
+    check_readable(path, policy, "bundle")
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -90,14 +91,15 @@ def normalise(values: Mapping[str, Any]) -> dict[str, Any]:
     return fields
 
 
-def _read_text_file(path: str, key: str) -> str:
+def _read_text_file(path: str, key: str, policy: Policy) -> str:
+    check_readable(Path(path), policy, f"--{key}")
     try:
         return Path(path).read_text(encoding="utf-8").strip()
     except (OSError, UnicodeDecodeError) as error:
         raise InputError(f"cannot read --{key} {path}: {error}") from None
 
 
-def _take_text(layer: dict[str, Any], key: str) -> str | None:
+def _take_text(layer: dict[str, Any], key: str, policy: Policy) -> str | None:
     """A layer's text for `key`: inline text or the stripped contents of its `_path` file."""
     path = layer.pop(f"{key}_path", None)
     inline = layer.pop(key, None)
@@ -105,14 +107,15 @@ def _take_text(layer: dict[str, Any], key: str) -> str | None:
         if not isinstance(inline, str):
             raise InputError(f"`{key}` must be text, not {inline!r}")
         return inline
-    return None if path is None else _read_text_file(path, f"{key}_path")
+    return None if path is None else _read_text_file(path, f"{key}_path", policy)
 
 
-def merge(cli: Mapping[str, Any], entry: Mapping[str, Any]) -> dict[str, Any]:
+def merge(cli: Mapping[str, Any], entry: Mapping[str, Any], policy: Policy = LOCAL_POLICY) -> dict[str, Any]:
     """CLI values over bundle values. A prompt and its file count as one source per layer."""
     cli_fields, bundle_fields = normalise(cli), normalise(entry)
     for key in TEXT_KEYS:
-        cli_text, bundle_text = _take_text(cli_fields, key), _take_text(bundle_fields, key)
+        cli_text = _take_text(cli_fields, key, policy)
+        bundle_text = _take_text(bundle_fields, key, policy)
         text = cli_text if cli_text is not None else bundle_text
         if text is not None:
             cli_fields[key] = text
@@ -180,31 +183,34 @@ def already_done(request: GenerationRequest) -> bool:
     return record is not None and record.get("request_key") == request.key()
 
 
-def read_entries(input_path: Path) -> list[dict[str, Any]]:
+def read_entries(input_path: Path, policy: Policy = LOCAL_POLICY) -> list[dict[str, Any]]:
     """Entries of a bundle, or of every bundle in a folder (sorted by name)."""
     if input_path.is_dir():
+        check_readable(input_path, policy, "bundle folder")
         bundles = sorted(path for path in input_path.iterdir() if is_bundle(path))
         if not bundles:
             raise InputError(f"folder {input_path} holds no .json or .jsonl bundles")
-        return [entry for bundle in bundles for entry in read_bundle(bundle)]
-    return read_bundle(input_path)
+        return [entry for bundle in bundles for entry in read_bundle(bundle, policy)]
+    return read_bundle(input_path, policy)
 
 
 def request_rows(
     explicit: Mapping[str, Any],
     defaults: Mapping[str, Any] | None = None,
     output_dir: Path = DEFAULT_OUTPUT_DIR,
+    policy: Policy = LOCAL_POLICY,
 ) -> list[Row]:
     """Every row an invocation asks for, each with its seeded request or all its problems.
 
     `explicit` maps flag names (seed or request spelling) to values, None meaning "not given";
     `input_path` may be a bundle, a folder of bundles or a media file. Layers, lowest first:
     `GenerationRequest` defaults < `defaults` (a settings profile) < bundle entry < `explicit`.
+    Bundles and prompt files are read only under `policy`'s input roots.
     """
     explicit = {key: value for key, value in explicit.items() if value is not None}
     input_path = explicit.pop("input_path", None)
     if input_path is not None and (is_bundle(Path(input_path)) or Path(input_path).is_dir()):
-        entries = read_entries(Path(input_path))
+        entries = read_entries(Path(input_path), policy)
     else:
         if input_path is not None:
             explicit["input_path"] = str(input_path)
@@ -223,7 +229,7 @@ def request_rows(
         row = Row(index, entry.pop("_where"), {})
         rows.append(row)
         try:
-            layered = merge(explicit, entry)
+            layered = merge(explicit, entry, policy)
         except InputError as error:  # an unreadable prompt file, a non-text prompt, an unknown resolution
             message = str(error)
             wrong = next((key for key in ("resolution", "negative_prompt") if key in message), "prompt")
@@ -252,7 +258,7 @@ def resolve_requests(
     than refused. `policy` bounds paths and sizes (untrusted callers).
     """
     plan = Plan()
-    for row in request_rows(explicit, defaults, output_dir):
+    for row in request_rows(explicit, defaults, output_dir, policy):
         if row.problems:
             raise InputError(f"{row.where}: " + "; ".join(f"`{p.field}`: {p.message}" for p in row.problems))
         assert row.request is not None

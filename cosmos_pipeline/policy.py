@@ -34,13 +34,20 @@ def _inside(path: Path, root: Path) -> bool:
     return path.resolve().is_relative_to(root.resolve())
 
 
+def check_readable(path: Path, policy: Policy, what: str) -> None:
+    """A file the request reads (bundle, prompt file, media, adapter, model folder) is under an input root."""
+    if policy.input_roots is not None and not any(_inside(path, root) for root in policy.input_roots):
+        roots = ", ".join(str(root) for root in policy.input_roots)
+        raise InputError(f"{what} {path} is outside the allowed input folders ({roots})")
+
+
 def check_paths(request: GenerationRequest, policy: Policy) -> None:
     """Media under an input root, output under the output root; `..` and symlinks resolved first."""
-    if policy.input_roots is not None:
-        roots = ", ".join(str(root) for root in policy.input_roots)
-        for what, path in (("input", request.input_path), ("adapter", request.lora_path)):
-            if path is not None and not any(_inside(path, root) for root in policy.input_roots):
-                raise InputError(f"{what} {path} is outside the allowed input folders ({roots})")
+    for what, path in (("input", request.input_path), ("adapter", request.lora_path)):
+        if path is not None:
+            check_readable(path, policy, what)
+    if Path(request.model_id).expanduser().is_dir():  # a local checkpoint: `from_pretrained` reads it
+        check_readable(Path(request.model_id).expanduser(), policy, "model folder")
     output = request.output_path
     if policy.output_root is not None and output is not None and not _inside(output, policy.output_root):
         raise InputError(f"output {output} is outside the output folder {policy.output_root}")

@@ -31,6 +31,16 @@ def write_output(result: GenerationResult) -> Path:
 
 
 def write_outputs(result: GenerationResult, record: dict[str, Any] | None = None) -> tuple[Path, Path]:
-    """The output, then its sidecar (`record` adds to it, e.g. the MLflow run id)."""
+    """The output, then its sidecar (`record` adds to it, e.g. the MLflow run id).
+
+    If the sidecar cannot be written (a full disk), a new output goes too: no output without its record.
+    """
+    assert result.request.output_path is not None
+    existed = result.request.output_path.exists()
     path = write_output(result)
-    return path, write_sidecar(result, path, record)
+    try:
+        return path, write_sidecar(result, path, record)
+    except BaseException:
+        if not existed:
+            path.unlink(missing_ok=True)
+        raise

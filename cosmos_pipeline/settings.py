@@ -122,6 +122,14 @@ class Settings(BaseSettings):
     request: RequestDefaults = RequestDefaults()
     # What requests may read, write and ask for; a shared deployment sets the roots.
     policy: Policy = Policy()
+    # Production (README "Production"): generations go to long-lived `cosmos-worker` processes that keep
+    # pipelines loaded; one that no worker starts within the timeout fails instead of waiting forever.
+    warm_workers: bool = False
+    warm_start_timeout_s: float = Field(default=3600.0, gt=0)
+    # A worker that stops beating (every 5 s) this long is gone: its generation goes to another worker.
+    warm_lost_after_s: float = Field(default=30.0, ge=15.0)
+    # Runs the tracking server could not take wait here for `cosmos-sync`; None: <output_dir>/.mlflow-spool.
+    spool_dir: Path | None = None
 
     @classmethod
     def settings_customise_sources(
@@ -165,7 +173,9 @@ def load_settings(profile: str | None = None, **explicit: Any) -> Settings:
 
 def request_rows(explicit: Mapping[str, Any], settings: Settings) -> list[Row]:
     """Every row of a batch with the settings layer (`settings.request`) below bundles and flags."""
-    return bundle.request_rows(explicit, settings.request.model_dump(exclude_none=True), settings.output_dir)
+    return bundle.request_rows(
+        explicit, settings.request.model_dump(exclude_none=True), settings.output_dir, settings.policy
+    )
 
 
 def resolve(explicit: Mapping[str, Any], settings: Settings, skip_existing: bool = False) -> Plan:

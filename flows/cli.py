@@ -26,14 +26,22 @@ PREFECT_DEFAULTS = {
 
 
 def print_runs(settings: Settings, flow_run_id: str) -> None:
-    """Where this flow run's MLflow runs are, and how to open them."""
+    """Where this flow run's MLflow runs are, and how to open them (or where they wait to be synced)."""
+    from tasks.scrub import scrub
+    from tasks.spool import server_reachable, spool_root
     from tasks.track import experiment_id, mlflow_client, search_runs, ui_hint
 
+    if not server_reachable(settings):
+        print(
+            f"\nMLflow: {scrub(settings.tracking_uri)} unreachable; this run's records wait in "
+            f"{spool_root(settings)}: `cosmos-sync` uploads them (the next flow run does too)"
+        )
+        return
     experiment = experiment_id(mlflow_client(settings), settings.experiment, settings)
     runs = search_runs(
         settings.tracking_uri, settings.experiment, f"tags.`prefect.flow_run_id` = '{flow_run_id}'"
     )
-    print(f"\nMLflow: experiment '{settings.experiment}' (id {experiment}) at {settings.tracking_uri}")
+    print(f"\nMLflow: experiment '{settings.experiment}' (id {experiment}) at {scrub(settings.tracking_uri)}")
     for run in runs.to_dict("records"):
         output = run.get("tags.output_path") or run.get("tags.error") or ""
         name = run.get("tags.mlflow.runName") or ""
@@ -106,14 +114,55 @@ def evaluate(argv: Sequence[str] | None = None) -> int:
         error = state.result(raise_on_failure=False)
         print(f"error: {error}", file=sys.stderr)
         return error_exit_code(error) if isinstance(error, Exception) else 1
+    from tasks.track import ui_hint
+
     result = state.result()
     experiment, parent = result["experiment"], result["parent_run_id"]
     print(f"\nMLflow: parent run {parent} in experiment '{experiment}'")
     print(f"  side by side: {', '.join(result['comparisons'])}")
     print(f"  table: cosmos-compare --experiment {experiment} --parent_run_id {parent}")
-    print(f"Open the UI: mlflow ui --backend-store-uri {settings.tracking_uri}")
+    print(f"Open the UI: {ui_hint(settings)}")
     return EXIT_OK
 
 
 def evaluate_main() -> None:
     sys.exit(evaluate())
+
+
+def sync(argv: Sequence[str] | None = None) -> int:
+    """`cosmos-sync`: upload the MLflow runs spooled while the tracking server was unreachable."""
+    parser = argparse.ArgumentParser(
+        prog="cosmos-sync",
+        description="Upload MLflow runs spooled while the tracking server was unreachable, then remove them "
+        "from the spool (<output_dir>/.mlflow-spool unless spool_dir is set). Flow runs do this on start.",
+    )
+    parser.add_argument(
+        "--profile", help="settings profile (configs/<profile>.toml): its tracking URI and spool"
+    )
+    parser.add_argument(
+        "--unfinished", action="store_true", help="also upload runs that never finished, marked KILLED"
+    )
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings(args.profile)
+    except InputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_INPUT
+    from tasks.scrub import scrub
+    from tasks.spool import server_reachable, spool_root, sync_spool
+
+    report = sync_spool(settings, include_unfinished=args.unfinished)
+    print(f"{spool_root(settings)} -> {scrub(settings.tracking_uri)}: {report.summary()}")
+    for spooled, run_id in report.uploaded.items():
+        print(f"  {spooled} -> run {run_id}")
+    if report.waiting and not server_reachable(settings):
+        print(
+            f"error: tracking server {scrub(settings.tracking_uri)} unreachable; try again later",
+            file=sys.stderr,
+        )
+        return 1
+    return 1 if report.failed else EXIT_OK
+
+
+def sync_main() -> None:
+    sys.exit(sync())

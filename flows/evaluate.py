@@ -5,7 +5,6 @@ time). One MLflow parent run holds a child run per case, a summary table (`summa
 markdown report and a side-by-side MP4 per (asset, seed) with the variants labelled.
 """
 
-from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -13,11 +12,11 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
-from cosmos_pipeline.loading import PIPELINES, PipelineKey
-from cosmos_pipeline.settings import EvaluationSuite, suite_rows, variant_identity
-from flows.common import generate_tracked, validated
+from cosmos_pipeline.errors import InputError
+from cosmos_pipeline.policy import check_readable
+from cosmos_pipeline.settings import CONFIG_DIRS, EvaluationSuite, Settings, suite_rows, variant_identity
+from flows.common import generate_tracked, start, validated
 from tasks.compare import Case, compare_variants
-from tasks.resolve import resolve_settings
 from tasks.track import log_evaluation, start_run
 
 DEFAULT_SUITE = "configs/eval/variants.toml"
@@ -25,6 +24,16 @@ DEFAULT_SUITE = "configs/eval/variants.toml"
 
 def run_name() -> str:
     return f"evaluate-{Path(str(flow_run.parameters.get('suite', DEFAULT_SUITE))).stem}"
+
+
+def check_suite_path(suite: Path, settings: Settings) -> None:
+    """A suite is read from configs/ or, like any input, from the policy's input roots."""
+    if any(suite.resolve().is_relative_to(folder.resolve()) for folder in CONFIG_DIRS):
+        return
+    try:
+        check_readable(suite, settings.policy, "suite")
+    except InputError as error:
+        raise InputError(f"{error}, or in configs/") from None
 
 
 @flow(name="evaluate-variants", flow_run_name=run_name)
@@ -35,7 +44,8 @@ def evaluate(
 ) -> dict[str, Any]:
     """Run every case of `suite`, then compare the variants; returns the parent run id and its outputs."""
     logger = get_run_logger()
-    config = resolve_settings(profile, settings)
+    config = start(profile, settings)
+    check_suite_path(Path(suite), config)
     spec = EvaluationSuite.load(Path(suite))
     experiment = spec.experiment or config.eval_experiment
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
@@ -61,8 +71,9 @@ def evaluate(
         experiment=experiment,
     )
     labels = {variant.identity: variant.label for variant in spec.variants}
-    loads_before = Counter(PIPELINES.loads)
     cases, failed = [], 0
+    # Loads per variant, as the generating process saw them (this one, or a warm worker).
+    loads = dict.fromkeys(labels.values(), 0)
     for request in requests:  # suite_rows groups them by variant
         label = labels[variant_identity(request)]
         try:
@@ -71,6 +82,7 @@ def evaluate(
             failed += 1
             logger.error("case %s / %s / seed %s failed: %s", request.name, label, request.seed, error)
             continue
+        loads[label] += int(record["pipeline_loaded"])
         cases.append(
             Case(
                 request.name or "generation",
@@ -81,10 +93,6 @@ def evaluate(
             )
         )
 
-    loads = {}
-    for request in requests:
-        key = PipelineKey.for_request(request)
-        loads[labels[variant_identity(request)]] = PIPELINES.loads[key] - loads_before[key]
     comparisons = compare_variants(cases, output_dir / "comparison")
     table = log_evaluation(config, experiment, parent, spec.name, comparisons, loads, failed)
     if failed:

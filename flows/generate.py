@@ -13,8 +13,8 @@ from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
 from cosmos_pipeline.bundle import already_done
-from flows.common import generate_tracked, validated
-from tasks.resolve import resolve_rows, resolve_settings
+from flows.common import existing_record, generate_tracked, start, validated
+from tasks.resolve import resolve_rows
 
 
 class GenerationFailures(RuntimeError):
@@ -33,16 +33,19 @@ def generate(
     overrides: dict[str, Any] | None = None,
     profile: str | None = None,
     settings: dict[str, Any] | None = None,
-    skip_existing: bool = False,
+    skip_existing: bool = True,
     keep_going: bool = False,
 ) -> list[dict[str, Any]]:
-    """Validate the whole batch, then generate each request; returns one record per generation.
+    """Validate the whole batch, then generate each request; returns one record per request.
 
-    `skip_existing` skips requests whose output exists for the same request key; `keep_going`
-    finishes the batch past a failed request and fails the flow at the end.
+    Idempotent: with `skip_existing` (the default), a request whose output already exists for the same
+    request key is not generated again and its existing record is returned (`reused`), so a retried
+    or re-triggered run makes no second output and no second MLflow run; `overwrite` in `overrides`
+    asks for a new one. `keep_going` finishes the batch past a failed request and fails the flow at
+    the end. Parameters of a deployment run are untrusted (`tasks.resolve`).
     """
     logger = get_run_logger()
-    config = resolve_settings(profile, settings)
+    config = start(profile, settings)
     context = {
         "input_path": input_path,
         "overrides": overrides,
@@ -51,18 +54,24 @@ def generate(
         "skip_existing": skip_existing,
         "keep_going": keep_going,
     }
+    done: list[dict[str, Any]] = []
 
     def rows():
         found = resolve_rows({**(overrides or {}), "input_path": input_path or None}, config)
         if not skip_existing:
             return found
-        kept = [row for row in found if row.request is None or not already_done(row.request)]
-        if len(kept) < len(found):
-            logger.info("skipping %d request(s) whose output exists", len(found) - len(kept))
+        kept = []
+        for row in found:
+            if row.request is not None and not row.request.overwrite and already_done(row.request):
+                done.append(existing_record(row.request))
+            else:
+                kept.append(row)
+        if done:
+            logger.info("%d request(s) already have their output; reusing it", len(done))
         return kept
 
     requests, report = validated(config, rows, context)
-    records, failures = [], []
+    records, failures = list(done), []
     for request in requests:
         try:
             records.append(generate_tracked(request, config, report, context))

@@ -7,6 +7,7 @@ the host, off the same device. Retries happen only for errors that can pass on t
 """
 
 import contextlib
+import gc
 import os
 import socket
 from collections.abc import Iterator
@@ -38,6 +39,9 @@ PERMANENT = (
     IsADirectoryError,
     NotADirectoryError,
 )
+# The holder renews its slot's lease; one that dies (a killed worker) frees the GPU when the lease runs out:
+# within about a minute, not Prefect's default five.
+SLOT_LEASE_S = 60.0
 # Retried: the network (hub downloads, the Prefect/MLflow APIs), timeouts, I/O hiccups.
 TRANSIENT = (ConnectionError, TimeoutError, OSError)
 
@@ -104,7 +108,9 @@ def device_slot(names: list[str], settings: Settings) -> Iterator[None]:
         yield
         return
     logger.info("waiting for a slot on %s", ", ".join(names))
-    with concurrency(names, occupy=1, timeout_seconds=settings.gpu_wait_timeout_s, strict=True):
+    with concurrency(
+        names, occupy=1, timeout_seconds=settings.gpu_wait_timeout_s, strict=True, lease_duration=SLOT_LEASE_S
+    ):
         yield
 
 
@@ -132,6 +138,36 @@ def describe_pipeline(pipe) -> dict[str, str]:
     return described
 
 
+def out_of_memory_message(request: GenerationRequest, device: str, detail: str) -> str:
+    """What ran out, and the next steps, from the cheapest: a smaller job, more GPUs, a memory plan."""
+    first = detail.strip().splitlines()[0] if detail.strip() else "no detail"
+    return (
+        f"{request.name}: out of GPU memory on {device} generating {request.num_frames} frames at "
+        f"{request.height}x{request.width} ({first}). "
+        "Nothing was written and this worker stays usable. Next step: a smaller --resolution (480p) or "
+        "fewer --num_output_frames; --device_map balanced to shard the model over several GPUs; or the "
+        "low-memory plan (text encoder offload, tiled VAE decode, model CPU offload)."
+    )
+
+
+def generate_or_explain(pipe, request: GenerationRequest, on_step) -> GenerationResult:
+    """`generate_request`, with out-of-memory turned into an actionable error that holds no GPU memory.
+
+    An OOM's traceback keeps the failed step's activations alive (its frames reference them), and
+    Prefect keeps the exception in the task's state: in a long-lived worker that memory would never
+    come back. So the original is dropped before a new error with the same type is raised.
+    """
+    detail = None
+    try:
+        return generate_request(pipe, request, on_step)
+    except torch.OutOfMemoryError as error:
+        detail = str(error)
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    raise torch.OutOfMemoryError(out_of_memory_message(request, resolve_device(request.device), detail))
+
+
 @task(
     name="generate",
     task_run_name="generate-{request.name}",
@@ -156,7 +192,7 @@ def generate_video(request: GenerationRequest, settings: Settings) -> Generation
             if (index + 1) % max(1, total // 10) == 0 or index + 1 == total:  # about ten lines a run
                 logger.info("step %d/%d: %.2f s", index + 1, total, seconds)
 
-        result = generate_request(pipe, request, on_step)
+        result = generate_or_explain(pipe, request, on_step)
     timings = result.timings
     logger.info(
         "%s: %s %dx%dx%d seed %d in %.1f s (denoise %.1f s, decode %.1f s)",

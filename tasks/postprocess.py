@@ -5,6 +5,7 @@ frames and a wrong frame count. A failed gate is recorded with the run and logge
 the output is kept, since a person decides whether a strange video is wrong.
 """
 
+import errno
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -76,9 +77,39 @@ def gate(table: pd.DataFrame, num_frames: int) -> tuple[dict[str, Any], list[str
     return result, problems
 
 
+class OutputWriteError(OSError):
+    """The output or its sidecar could not be written; nothing was left behind."""
+
+
+# errno -> what to do about it
+WRITE_FIXES = {
+    errno.ENOSPC: "free space there or choose another output folder",
+    errno.EDQUOT: "raise the quota or choose another output folder",
+    errno.EROFS: "the file system is read-only: choose another output folder",
+    errno.EACCES: "fix its permissions or choose another output folder",
+    errno.EPERM: "fix its permissions or choose another output folder",
+}
+
+
+def write_or_explain(generation: Generation, record: dict[str, Any] | None) -> tuple[Path, Path]:
+    """The output and its sidecar (atomic; no output is left without its sidecar), or a clear error.
+
+    A disk that fills up between the pre-flight check and the write is reported with what to do;
+    it is not retried (the frames are gone with this process, and the disk is still full).
+    """
+    try:
+        return write_outputs(generation.result, record)
+    except OSError as error:
+        if error.errno not in WRITE_FIXES:
+            raise
+        target = generation.result.request.output_path
+        why = f"{error.strerror or error}; nothing was written: {WRITE_FIXES[error.errno]}"
+        raise OutputWriteError(error.errno, f"cannot write {target}: {why}") from None
+
+
 def postprocess(generation: Generation, record: dict[str, Any] | None = None) -> Postprocessed:
     result = generation.result
-    path, sidecar = write_outputs(result, record)
+    path, sidecar = write_or_explain(generation, record)
     table = frame_table(result.frames)
     gate_result, problems = gate(table, result.request.num_frames)
     keyframes = [(index, result.frames[index]) for index in keyframe_indices(result.frames.shape[0])]

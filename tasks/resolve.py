@@ -1,23 +1,60 @@
-"""Resolve the layered settings of a run (defaults < configs/<profile>.toml < COSMOS_* < explicit)."""
+"""Resolve the layered settings of a run (defaults < configs/<profile>.toml < COSMOS_* < explicit).
 
+Parameters of a deployment run come from whoever can trigger it (the UI, the API, an event), so they
+are untrusted: they may pick a profile by name and set the experiment names and request defaults,
+but what the run may read and write, where it tracks and how it uses the GPUs stay those of the
+worker's own environment (its COSMOS_PROFILE, e.g. `production`, and COSMOS_* variables).
+"""
+
+import re
 from typing import Any
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NONE
 
 from cosmos_pipeline.bundle import Row
+from cosmos_pipeline.errors import InputError
 from cosmos_pipeline.settings import Settings, load_settings, request_rows
+from tasks.scrub import scrub
+
+# What an untrusted caller may choose; everything else is the operator's.
+CALLER_KEYS = frozenset({"experiment", "eval_experiment", "request"})
+PROFILE_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+def run_settings(profile: str | None, overrides: dict[str, Any] | None, untrusted: bool) -> Settings:
+    """The run's settings; for untrusted parameters, the operator's keys from the worker's environment."""
+    if not untrusted:
+        return load_settings(profile, **(overrides or {}))
+    if profile and not PROFILE_NAME.match(profile):
+        raise InputError(
+            f"profile {profile!r} must be the name of a profile in configs/ (letters, digits, _ -)"
+        )
+    refused = sorted(set(overrides or {}) - CALLER_KEYS)
+    if refused:
+        raise InputError(
+            f"settings {refused} cannot be set by a deployment's parameters (only {sorted(CALLER_KEYS)}); "
+            "the operator sets them in the worker's environment or its profile"
+        )
+    operator = load_settings(None)  # COSMOS_PROFILE and COSMOS_* of the worker
+    chosen = load_settings(profile, **(overrides or {}))
+    return operator.model_copy(
+        update={"profile": chosen.profile, **{key: getattr(chosen, key) for key in CALLER_KEYS}}
+    )
 
 
 @task(name="resolve-settings", cache_policy=NONE)
-def resolve_settings(profile: str | None = None, overrides: dict[str, Any] | None = None) -> Settings:
+def resolve_settings(
+    profile: str | None = None, overrides: dict[str, Any] | None = None, untrusted: bool = False
+) -> Settings:
     """The run's settings; every run records them (`config.json`), so it can be reproduced."""
-    settings = load_settings(profile, **(overrides or {}))
+    settings = run_settings(profile, overrides, untrusted)
     get_run_logger().info(
-        "settings: profile %s, tracking %s, experiment %s",
+        "settings: profile %s, tracking %s, experiment %s%s",
         settings.profile,
-        settings.tracking_uri,
+        scrub(settings.tracking_uri),
         settings.experiment,
+        ", parameters untrusted (deployment run)" if untrusted else "",
     )
     return settings
 

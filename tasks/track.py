@@ -1,13 +1,22 @@
 """MLflow: one run per generation, created before the GPU step so that a failure is tracked too.
 
-Through `MlflowClient` with explicit run ids (no active-run globals), so tasks can run anywhere.
+Through `MlflowClient` with explicit run ids (no active-run globals), so tasks can run anywhere, and
+through `tasks.spool.RunWriter`, so a tracking server that is away costs no generation and loses no
+run (its writes are spooled and synced later), and nothing secret is recorded (`tasks.scrub`).
 What a run holds: params (every request field, the variant, placement, acceleration, guardrail,
-versions, git commit), tags (mode, variant, asset, the Prefect flow run), metrics (stage timings,
-per-step time, peak GPU memory, output metrics, per-frame statistics) and artifacts (the output,
-the prompt, the resolved config, GX results, the input or its hash, key frames for the image grid).
+versions, git commit), tags (mode, variant, asset, request key, the Prefect flow run, the worker),
+metrics (stage timings, per-step time, peak GPU memory, whether the pipeline was loaded, output
+metrics, per-frame statistics) and artifacts (the output, the prompt, the resolved config, GX
+results, the input or its hash, key frames for the image grid).
+
+Idempotency: a run is tagged with its request's key. A run of the same request for the same output
+that was interrupted (its flow run crashed or was killed) is taken over by the next attempt instead
+of a second run being created; one still in progress elsewhere makes the new attempt stop.
 """
 
 import functools
+import os
+import socket
 import subprocess
 import sys
 import tempfile
@@ -17,9 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, RunTag
-from mlflow.exceptions import MlflowException
+from mlflow.entities import Metric, Run
 from prefect import get_run_logger, task
 from prefect.cache_policies import NONE
 
@@ -31,10 +38,23 @@ from cosmos_pipeline.settings import Settings
 from cosmos_pipeline.tiny import is_embedded
 from tasks.generate import Generation
 from tasks.postprocess import Postprocessed
+from tasks.scrub import scrub, scrub_value
+from tasks.spool import (
+    RunWriter,
+    create_run,
+    experiment_id,
+    mlflow_client,
+    server_reachable,
+    unreachable,
+)
 from tasks.validate import ValidationReport, write_report
+
+__all__ = ["experiment_id", "mlflow_client"]  # re-exported for the flows' read side
 
 PARAM_CHARS = 500  # long prompts are cut in params (the full text is the prompt.txt artifact)
 PARENT_TAG = "mlflow.parentRunId"
+KEY_TAG = "request_key"
+ERROR_TAGS = ("error", "error_type")
 SUMMARY_METRICS = (
     "time/total_s",
     "time/denoising_s",
@@ -48,24 +68,8 @@ SUMMARY_METRICS = (
 )
 
 
-def mlflow_client(settings: Settings) -> MlflowClient:
-    return MlflowClient(tracking_uri=settings.tracking_uri)
-
-
-def experiment_id(client: MlflowClient, name: str, settings: Settings) -> str:
-    """The experiment's id, created on first use; a local store keeps its artifacts under artifact_root."""
-    experiment = client.get_experiment_by_name(name)
-    if experiment is not None:
-        return experiment.experiment_id
-    local = settings.tracking_uri.startswith(("sqlite:", "file:")) or "://" not in settings.tracking_uri
-    location = (settings.artifact_root.resolve() / name).as_uri() if local else None
-    try:
-        return client.create_experiment(name, artifact_location=location)
-    except MlflowException:  # created meanwhile by a concurrent run
-        experiment = client.get_experiment_by_name(name)
-        if experiment is None:
-            raise
-        return experiment.experiment_id
+class DuplicateRequestError(RuntimeError):
+    """The same request for the same output is being generated right now by another flow run."""
 
 
 @functools.cache
@@ -115,6 +119,11 @@ def prefect_tags() -> dict[str, str]:
     return {key: value for key, value in tags.items() if value and not value.startswith("None/")}
 
 
+def worker_name() -> str:
+    """The process that generated: host and pid, as Prefect names task workers."""
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
 def variant_label(request: GenerationRequest) -> str:
     """A short variant name: the revision's last part (`post-trained`), with the LoRA if any."""
     label = request.revision.rsplit("/", 1)[-1]
@@ -134,24 +143,32 @@ def request_params(request: GenerationRequest) -> dict[str, str]:
     return params
 
 
-def _log(client: MlflowClient, run_id: str, params=None, metrics=None, tags=None) -> None:
-    """log_batch in chunks within MLflow's per-call limits (100 params or tags, 1000 metrics)."""
-    params = [Param(key, value) for key, value in (params or {}).items()]
-    tags = [RunTag(key, value) for key, value in (tags or {}).items()]
-    metrics = metrics or []
-    for start in range(0, max(len(params), len(tags), 1), 100):
-        client.log_batch(run_id, params=params[start : start + 100], tags=tags[start : start + 100])
-    for start in range(0, len(metrics), 1000):
-        client.log_batch(run_id, metrics=metrics[start : start + 1000])
-
-
 def run_tags(request: GenerationRequest, variant: str | None = None) -> dict[str, str]:
     return {
         "mode": request.mode,
         "variant": variant or variant_label(request),
         "asset": request.name or "generation",
         "seed": str(request.seed),
+        KEY_TAG: request.key(),
     }
+
+
+def _start(
+    settings: Settings,
+    run_name: str,
+    tags: dict[str, str],
+    params: dict[str, str] | None,
+    experiment: str | None,
+    parent_run_id: str | None,
+) -> str:
+    all_tags = {**tags, **prefect_tags(), "profile": settings.profile}
+    all_tags["mlflow.source.git.commit"] = environment_params()["git_commit"]
+    if parent_run_id is not None:
+        all_tags[PARENT_TAG] = parent_run_id
+    run_id = create_run(settings, experiment or settings.experiment, run_name, all_tags)
+    RunWriter(settings, run_id).log(params={**(params or {}), **environment_params()})
+    get_run_logger().info("MLflow run %s (%s) in %s", run_id, run_name, scrub(settings.tracking_uri))
+    return run_id
 
 
 @task(name="start-run", cache_policy=NONE)
@@ -164,17 +181,109 @@ def start_run(
     parent_run_id: str | None = None,
 ) -> str:
     """Create a RUNNING MLflow run with its tags and params; its id is what later tasks log to."""
+    return _start(settings, run_name, tags, params, experiment, parent_run_id)
+
+
+def _flow_run_over(flow_run_id: str | None) -> bool:
+    """Whether the flow run that owned an unfinished MLflow run has ended (or is unknown to this API)."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    if not flow_run_id:
+        return True
+    try:
+        with get_client(sync_client=True) as client:
+            state = client.read_flow_run(flow_run_id).state
+    except (ObjectNotFound, ValueError):  # a temporary server's run (the CLI's): its process is gone
+        return True
+    return state is None or state.is_final()
+
+
+def interrupted_runs(settings: Settings, experiment: str, request: GenerationRequest) -> list[Run]:
+    """Unfinished runs of the same request for the same output, newest first (none when untracked)."""
+    if not server_reachable(settings):
+        return []
     client = mlflow_client(settings)
-    all_tags = {**tags, **prefect_tags(), "profile": settings.profile}
-    all_tags["mlflow.source.git.commit"] = environment_params()["git_commit"]
-    if parent_run_id is not None:
-        all_tags[PARENT_TAG] = parent_run_id
-    run = client.create_run(
-        experiment_id(client, experiment or settings.experiment, settings), run_name=run_name, tags=all_tags
+    try:
+        found = client.get_experiment_by_name(experiment)
+        runs = (
+            client.search_runs(
+                [found.experiment_id],
+                f"tags.{KEY_TAG} = '{request.key()}' and attributes.status != 'FINISHED'",
+                max_results=20,
+                order_by=["attributes.start_time DESC"],
+            )
+            if found is not None
+            else []
+        )
+    except Exception as error:
+        if not unreachable(error):
+            raise
+        return []
+    output = _cut(str(request.output_path))
+    return [run for run in runs if run.data.params.get("output_path") == output]
+
+
+@task(name="open-run", cache_policy=NONE, persist_result=False)
+def open_run(
+    settings: Settings,
+    request: GenerationRequest,
+    variant: str | None = None,
+    experiment: str | None = None,
+    parent_run_id: str | None = None,
+) -> tuple[str, GenerationRequest]:
+    """The MLflow run this generation logs to, and the request to generate.
+
+    An interrupted run of the same request and output (KILLED, or RUNNING under a flow run that has
+    ended) is taken over, with its seed if the seed was drawn, so a retry makes no second run. One
+    RUNNING under a live flow run means the request is being generated now: DuplicateRequestError.
+    """
+    from prefect.runtime import flow_run
+
+    logger = get_run_logger()
+    current = str(flow_run.id or "")
+    for run in (
+        [] if request.overwrite else interrupted_runs(settings, experiment or settings.experiment, request)
+    ):
+        owner = run.data.tags.get("prefect.flow_run_id")
+        if run.info.status == "RUNNING" and owner != current and not _flow_run_over(owner):
+            raise DuplicateRequestError(
+                f"{request.name}: the same request (key {request.key()[:12]}) for {request.output_path} is "
+                f"being generated now by flow run {owner} (MLflow run {run.info.run_id}); wait for it to "
+                "finish, then trigger again: its output will be reused"
+            )
+        if run.info.status not in ("RUNNING", "KILLED"):
+            continue  # a FAILED attempt stays the record of its error
+        seed = run.data.params.get("seed")
+        if request.seed_chosen and seed not in (None, "None"):
+            request = request.model_copy(update={"seed": int(seed)})
+        _take_over(settings, run, request, current)
+        logger.info("taking over interrupted MLflow run %s of %s", run.info.run_id, request.name)
+        return run.info.run_id, request
+    run_id = _start(
+        settings,
+        run_name=request.name or "generation",
+        tags=run_tags(request, variant),
+        params=request_params(request),
+        experiment=experiment,
+        parent_run_id=parent_run_id,
     )
-    _log(client, run.info.run_id, params={**(params or {}), **environment_params()})
-    get_run_logger().info("MLflow run %s (%s) in %s", run.info.run_id, run_name, settings.tracking_uri)
-    return run.info.run_id
+    return run_id, request
+
+
+def _take_over(settings: Settings, run: Run, request: GenerationRequest, flow_run_id: str) -> None:
+    client, run_id = mlflow_client(settings), run.info.run_id
+    client.update_run(run_id, status="RUNNING")
+    for key in ERROR_TAGS:
+        if key in run.data.tags:
+            client.delete_tag(run_id, key)
+    attempts = int(run.data.tags.get("attempts", "1")) + 1
+    params = {**request_params(request), **environment_params()}
+    RunWriter(settings, run_id).log(
+        params={key: value for key, value in params.items() if key not in run.data.params},
+        tags={**prefect_tags(), "attempts": str(attempts), "previous_flow_run": run.data.tags.get(
+            "prefect.flow_run_id", "")},
+    )  # fmt: skip
 
 
 def generation_metrics(generation: Generation, post: Postprocessed) -> list[Metric]:
@@ -188,6 +297,7 @@ def generation_metrics(generation: Generation, post: Postprocessed) -> list[Metr
         "time/total_s": timings.total_s,
         "transformer_forwards": timings.forwards,
         "gate/frames_passed": float(post.gate_passed),
+        "pipeline_loaded": float(generation.load_s is not None),  # 0: a warm pipeline served it
         **{f"output/{key}": value for key, value in post.metrics.items()},
     }
     if generation.load_s is not None:
@@ -206,12 +316,14 @@ def generation_metrics(generation: Generation, post: Postprocessed) -> list[Metr
 
 
 def _config(settings: Settings, request: GenerationRequest, context: dict[str, Any]) -> dict[str, Any]:
-    """The resolved configuration: enough to reproduce the run from this file alone."""
-    return {
-        "settings": settings.model_dump(mode="json"),
-        "request": request.model_dump(mode="json"),
-        "flow": context,
-    }
+    """The resolved configuration: enough to reproduce the run from this file alone (secrets masked)."""
+    return scrub_value(
+        {
+            "settings": settings.model_dump(mode="json"),
+            "request": request.model_dump(mode="json"),
+            "flow": context,
+        }
+    )
 
 
 @task(name="track", task_run_name="track-{run_id}", cache_policy=NONE, persist_result=False)
@@ -224,47 +336,57 @@ def log_generation(
     context: dict[str, Any],
 ) -> None:
     """Everything about a finished generation, then mark the run FINISHED."""
-    client = mlflow_client(settings)
+    writer = RunWriter(settings, run_id)
     result, request = generation.result, generation.result.request
     params = {f"pipeline.{key}": _cut(value) for key, value in generation.pipeline.items()}
     params |= {f"acceleration.{key}": _cut(value) for key, value in result.acceleration.items()}
     params |= {"guardrail_ran": str(result.guardrail), "device_limits": ",".join(generation.limits)}
-    tags = {"output_gate": "passed" if post.gate_passed else "failed", "output_path": str(post.output_path)}
+    tags = {
+        "output_gate": "passed" if post.gate_passed else "failed",
+        "output_path": str(post.output_path),
+        "worker": worker_name(),
+    }
     tags["mlflow.note.content"] = (
         f"**{request.mode}** `{request.name}` seed {result.seed}\n\n> {request.prompt}"
     )
-    _log(client, run_id, params=params, metrics=generation_metrics(generation, post), tags=tags)
-
-    client.log_artifact(run_id, str(post.output_path), "output")
-    client.log_artifact(run_id, str(post.sidecar_path), "output")
-    prompt = f"{request.prompt}\n\nnegative prompt:\n{request.negative_prompt or '(the pipeline default)'}\n"
-    client.log_text(run_id, prompt, "prompt.txt")
-    client.log_dict(run_id, _config(settings, request, context), "config.json")
-    client.log_dict(run_id, validation.as_json(), "validation/requests.json")
-    client.log_dict(run_id, post.gate, "validation/frames.json")
-    client.log_table(run_id, post.frame_stats, "frame_statistics.json")
     if request.input_path is not None:
-        client.set_tag(run_id, "input_sha256", content_hash(request.input_path))
-        if request.input_path.stat().st_size <= settings.max_input_artifact_mb * 2**20:
-            client.log_artifact(run_id, str(request.input_path), "input")
+        tags["input_sha256"] = content_hash(request.input_path)
+    writer.log(params=params, metrics=generation_metrics(generation, post), tags=tags)
+
+    writer.artifact(post.output_path, "output")
+    writer.artifact(post.sidecar_path, "output")
+    prompt = f"{request.prompt}\n\nnegative prompt:\n{request.negative_prompt or '(the pipeline default)'}\n"
+    writer.text(prompt, "prompt.txt")
+    writer.dict(_config(settings, request, context), "config.json")
+    writer.dict(validation.as_json(), "validation/requests.json")
+    writer.dict(post.gate, "validation/frames.json")
+    writer.table(post.frame_stats, "frame_statistics.json")
+    if (
+        request.input_path is not None
+        and request.input_path.stat().st_size <= settings.max_input_artifact_mb * 2**20
+    ):
+        writer.artifact(request.input_path, "input")
     for index, frame in post.keyframes:
-        client.log_image(run_id, frame, key="keyframes", step=index)
-    client.set_terminated(run_id, "FINISHED")
+        writer.image(frame, key="keyframes", step=index)
+    writer.terminate("FINISHED")
 
 
-def _record_error(client: MlflowClient, run_id: str, error: BaseException) -> None:
-    client.set_tag(run_id, "error", _cut(f"{type(error).__name__}: {error}"))
-    client.set_tag(run_id, "error_type", type(error).__name__)
-    text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
-    client.log_text(run_id, text, "error.txt")
+def _record_error(writer: RunWriter, error: BaseException) -> None:
+    writer.log(tags={"error": _cut(f"{type(error).__name__}: {error}"), "error_type": type(error).__name__})
+    writer.text("".join(traceback.format_exception(type(error), error, error.__traceback__)), "error.txt")
+
+
+def end_run(settings: Settings, run_id: str, error: BaseException) -> None:
+    """Record why a run did not finish: FAILED for an error, KILLED when its process was stopped."""
+    writer = RunWriter(settings, run_id)
+    _record_error(writer, error)
+    writer.terminate("FAILED" if isinstance(error, Exception) else "KILLED")
 
 
 @task(name="fail-run", cache_policy=NONE, persist_result=False)
 def fail_run(settings: Settings, run_id: str, error: BaseException) -> None:
     """Mark the run FAILED with the error (tag) and its traceback (error.txt)."""
-    client = mlflow_client(settings)
-    _record_error(client, run_id, error)
-    client.set_terminated(run_id, "FAILED")
+    end_run(settings, run_id, error)
     get_run_logger().error("MLflow run %s failed: %s: %s", run_id, type(error).__name__, error)
 
 
@@ -277,24 +399,19 @@ def record_validation_failure(
     experiment: str | None = None,
 ) -> str:
     """A FAILED run that holds the validation report, so a rejected batch is visible in MLflow too."""
-    client = mlflow_client(settings)
     tags = {"mode": "validation", "asset": str(context.get("input_path") or "batch"), **prefect_tags()}
-    run = client.create_run(
-        experiment_id(client, experiment or settings.experiment, settings), run_name="validation", tags=tags
-    )
-    run_id = run.info.run_id
-    _log(
-        client,
-        run_id,
+    run_id = create_run(settings, experiment or settings.experiment, "validation", tags)
+    writer = RunWriter(settings, run_id)
+    writer.log(
         params={"rows": str(report.rows), "failed_rows": _cut(report.failed_rows), **environment_params()},
         metrics=[Metric("validation/failed_rows", len(report.failed_rows), int(time.time() * 1000), 0)],
     )
     with tempfile.TemporaryDirectory() as directory:
         for path in write_report(report, Path(directory)):
-            client.log_artifact(run_id, str(path), "validation")
-    client.log_dict(run_id, {"settings": settings.model_dump(mode="json"), "flow": context}, "config.json")
-    _record_error(client, run_id, error)
-    client.set_terminated(run_id, "FAILED")
+            writer.artifact(path, "validation")
+    writer.dict({"settings": settings.model_dump(mode="json"), "flow": context}, "config.json")
+    _record_error(writer, error)
+    writer.terminate("FAILED")
     return run_id
 
 
@@ -316,6 +433,8 @@ def summary_table(runs: pd.DataFrame) -> pd.DataFrame:
 
     Validation records and evaluation parents are left out: they are not generations.
     """
+    if runs.empty:
+        return pd.DataFrame(columns=["asset", "variant", "seed", "mode", "status", "run_id"])
     if "tags.mode" in runs:
         runs = runs[~runs["tags.mode"].isin(["validation", "evaluation"])]
     columns = {
@@ -348,9 +467,10 @@ def markdown_table(table: pd.DataFrame, digits: int = 3) -> str:
 
 def ui_hint(settings: Settings) -> str:
     """The command that opens this store in MLflow's UI."""
-    if settings.tracking_uri.startswith(("http://", "https://", "databricks")):
-        return f"open {settings.tracking_uri}"
-    return f"mlflow ui --backend-store-uri {settings.tracking_uri}"
+    uri = scrub(settings.tracking_uri)
+    if uri.startswith(("http://", "https://", "databricks")):
+        return f"open {uri}"
+    return f"mlflow ui --backend-store-uri {uri}"
 
 
 def evaluation_markdown(
@@ -400,19 +520,25 @@ def log_evaluation(
     """Summary table, report and side-by-side files on the parent run (and the report in Prefect)."""
     from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-    client = mlflow_client(settings)
-    runs = search_runs(settings.tracking_uri, experiment, f"tags.`{PARENT_TAG}` = '{parent_run_id}'")
+    writer = RunWriter(settings, parent_run_id)
+    runs = pd.DataFrame()
+    if not writer.spooled:  # spooled cases are summarised in MLflow once they are synced
+        try:
+            runs = search_runs(settings.tracking_uri, experiment, f"tags.`{PARENT_TAG}` = '{parent_run_id}'")
+        except Exception as error:
+            if not unreachable(error):
+                raise
     table = summary_table(runs)
     report = evaluation_markdown(suite, parent_run_id, table, comparisons, loads)
-    client.log_table(parent_run_id, table, "summary.json")
-    client.log_text(parent_run_id, report, "report.md")
+    writer.table(table, "summary.json")
+    writer.text(report, "report.md")
     for path in comparisons:
-        client.log_artifact(parent_run_id, str(path), "comparison")
+        writer.artifact(path, "comparison")
     now = int(time.time() * 1000)
     metrics = [Metric(f"pipeline_loads/{label}", count, now, 0) for label, count in loads.items()]
     metrics += [Metric("cases", len(table), now, 0), Metric("failed_cases", failed, now, 0)]
-    _log(client, parent_run_id, metrics=metrics)
-    client.set_terminated(parent_run_id, "FAILED" if failed else "FINISHED")
+    writer.log(metrics=metrics)
+    writer.terminate("FAILED" if failed else "FINISHED")
     create_markdown_artifact(key="evaluation-report", markdown=report, description=f"evaluation {suite}")
     create_table_artifact(
         key="evaluation-summary", table=table.astype(object).where(table.notna(), None).to_dict("records")

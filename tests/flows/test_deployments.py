@@ -37,7 +37,9 @@ def test_evaluation_is_scheduled_and_generation_triggered() -> None:
     assert DEPLOYMENTS["generate"]["triggers"][0]["expect"] == ["cosmos.generate.requested"]
     for deployment in DEPLOYMENTS.values():
         env = deployment["work_pool"]["job_variables"]["env"]
-        assert {"COSMOS_TRACKING_URI", "HF_HOME", "CUDA_VISIBLE_DEVICES"} <= set(env)
+        assert env["COSMOS_PROFILE"] == "production" and "HF_HOME" in env
+        # Job variables override the worker's environment: each worker's own GPU pin and tracking server win.
+        assert not {"CUDA_VISIBLE_DEVICES", "COSMOS_TRACKING_URI"} & set(env)
 
 
 def test_prefect_deploys_the_file(prefect_api: str) -> None:

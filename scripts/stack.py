@@ -1,0 +1,295 @@
+"""Start, inspect and stop the production stack on one GPU host (README "Production").
+
+    python scripts/stack.py up [--gpus N] [--cold] [--host 127.0.0.1]   # or: make stack
+    python scripts/stack.py status
+    eval "$(python scripts/stack.py env)"     # PREFECT_API_URL, COSMOS_TRACKING_URI for this shell
+    python scripts/stack.py down                                          # or: make stack-down
+
+`up` runs exactly the commands the README lists, in order, each waiting for the previous to be
+healthy: a Prefect server, an MLflow tracking server (SQLite + a local artifact folder unless
+--backend-store-uri names e.g. PostgreSQL), the `cosmos-gpu` process work pool, `prefect deploy
+--all`, the zombie-run automation, and per GPU one process worker (`--limit 1`) and one warm worker
+(`cosmos-worker`), both pinned with CUDA_VISIBLE_DEVICES. Servers bind to loopback unless --host
+says otherwise. It is idempotent: what already runs is kept. Each service is its own process group
+with a pid file and a log under --dir (default .stack/); `down` stops them, workers first.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+POOL = "cosmos-gpu"
+ZOMBIES = "cosmos: crash flow runs whose heartbeats stopped"
+HEARTBEAT_S = 30  # flow-run heartbeats (Prefect's minimum); a run silent for ZOMBIE_AFTER_S is CRASHED
+ZOMBIE_AFTER_S = 120
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("command", choices=["up", "down", "status", "env"])
+    parser.add_argument("--dir", type=Path, default=REPO / ".stack", help="pid files, logs, server state")
+    parser.add_argument("--host", default="127.0.0.1", help="where the servers listen (default: loopback)")
+    parser.add_argument("--prefect-port", type=int, default=4200)
+    parser.add_argument("--mlflow-port", type=int, default=5000)
+    parser.add_argument("--backend-store-uri", help="MLflow's store (default: sqlite:///<dir>/mlflow.db)")
+    parser.add_argument("--artifacts-destination", help="MLflow's artifact root (default: <dir>/mlartifacts)")
+    parser.add_argument("--gpus", default="auto", help="workers to start, one per GPU: a count, or auto")
+    parser.add_argument(
+        "--cold", action="store_true", help="no warm workers: generations run in the flow run"
+    )
+    parser.add_argument("--timeout", type=float, default=180, help="seconds to wait for each service")
+    return parser.parse_args(argv)
+
+
+# ----------------------------------------------------------------------------- processes
+
+
+def pid_file(args: argparse.Namespace, name: str) -> Path:
+    return args.dir / "run" / f"{name}.pid"
+
+
+def running(args: argparse.Namespace, name: str) -> int | None:
+    """The pid of service `name` if it is alive."""
+    try:
+        pid = int(pid_file(args, name).read_text())
+        os.kill(pid, 0)
+    except (OSError, ValueError):
+        return None
+    return pid
+
+
+def spawn(args: argparse.Namespace, name: str, command: list[str], env: dict[str, str]) -> None:
+    """Start `command` in its own process group (so `down` stops all it started), logging to <dir>/logs."""
+    if running(args, name):
+        print(f"  {name}: already running (pid {running(args, name)})")
+        return
+    (args.dir / "logs").mkdir(parents=True, exist_ok=True)
+    pid_file(args, name).parent.mkdir(parents=True, exist_ok=True)
+    log = open(args.dir / "logs" / f"{name}.log", "ab")  # noqa: SIM115 (the child keeps it)
+    process = subprocess.Popen(
+        command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    pid_file(args, name).write_text(str(process.pid))
+    print(f"  {name}: started (pid {process.pid}): {' '.join(command)}")
+
+
+def stop(args: argparse.Namespace, name: str, grace_s: float = 10) -> None:
+    pid = running(args, name)
+    if pid is not None:
+        with_group(pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
+        while time.monotonic() < deadline and running(args, name):
+            time.sleep(0.2)
+        if running(args, name):
+            with_group(pid, signal.SIGKILL)
+        print(f"  {name}: stopped")
+    pid_file(args, name).unlink(missing_ok=True)
+
+
+def with_group(pid: int, sig: signal.Signals) -> None:
+    try:
+        os.killpg(pid, sig)  # the service's whole process group: its children too
+    except ProcessLookupError:
+        pass
+
+
+def run(command: list[str], env: dict[str, str]) -> None:
+    print(f"  $ {' '.join(command)}")
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        sys.exit(f"failed ({done.returncode}): {' '.join(command)}\n{done.stdout}{done.stderr}")
+
+
+def wait_for(what: str, check, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.5)
+    sys.exit(f"{what} not ready after {timeout:.0f} s; see the logs in the stack folder")
+
+
+def http_ok(url: str, body: dict | None = None) -> object | None:
+    """The decoded JSON answer of `url` (POSTing `body`), or None when it does not answer."""
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            text = response.read()
+    except (urllib.error.URLError, OSError):
+        return None
+    try:
+        return json.loads(text or b"null")
+    except ValueError:
+        return text
+
+
+# ----------------------------------------------------------------------------- the stack
+
+
+def client_host(args: argparse.Namespace) -> str:
+    """Where processes on this host reach the servers (a wildcard bind is reached on loopback)."""
+    return "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
+
+
+def urls(args: argparse.Namespace) -> tuple[str, str]:
+    host = client_host(args)
+    return f"http://{host}:{args.prefect_port}/api", f"http://{host}:{args.mlflow_port}"
+
+
+def gpu_count(args: argparse.Namespace) -> int:
+    if args.gpus != "auto":
+        return int(args.gpus)
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return 0
+    done = subprocess.run([smi, "--query-gpu=index", "--format=csv,noheader"], capture_output=True, text=True)
+    return len(done.stdout.split()) if done.returncode == 0 else 0
+
+
+def environment(args: argparse.Namespace) -> dict[str, str]:
+    """What every process of the stack shares: the Prefect API and home (result storage), the tracking."""
+    prefect_api, tracking = urls(args)
+    home = (args.dir / "prefect").resolve()
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(home),
+        "PREFECT_API_URL": prefect_api,
+        "PREFECT_RESULTS_LOCAL_STORAGE_PATH": str(home / "storage"),  # warm workers' parameters and results
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(HEARTBEAT_S),
+        "COSMOS_TRACKING_URI": tracking,
+        "COSMOS_WARM_WORKERS": "0" if args.cold else "1",
+    }
+    env.setdefault("COSMOS_PROFILE", "production")  # also what prefect.yaml gives flow runs
+    return env
+
+
+def zombie_automation() -> dict:
+    """Prefect's documented zombie detection: a flow run whose heartbeats stop (its host died) is CRASHED."""
+    return {
+        "name": ZOMBIES,
+        "trigger": {
+            "type": "event",
+            "posture": "Proactive",
+            "after": ["prefect.flow-run.heartbeat"],
+            "expect": [
+                "prefect.flow-run.heartbeat",
+                "prefect.flow-run.Completed",
+                "prefect.flow-run.Failed",
+                "prefect.flow-run.Cancelled",
+                "prefect.flow-run.Crashed",
+            ],
+            "match": {"prefect.resource.id": ["prefect.flow-run.*"]},
+            "for_each": ["prefect.resource.id"],
+            "threshold": 1,
+            "within": ZOMBIE_AFTER_S,
+        },
+        "actions": [
+            {
+                "type": "change-flow-run-state",
+                "state": "CRASHED",
+                "message": f"no heartbeat for {ZOMBIE_AFTER_S} s: its worker or host died",
+            }
+        ],
+    }
+
+
+def ensure_zombie_automation(prefect_api: str) -> None:
+    found = http_ok(f"{prefect_api}/automations/filter", {"automations": {"name": {"any_": [ZOMBIES]}}}) or []
+    if found:
+        return
+    if http_ok(f"{prefect_api}/automations/", zombie_automation()) is None:
+        sys.exit("could not create the zombie-run automation")
+
+
+def up(args: argparse.Namespace) -> None:
+    env = environment(args)
+    prefect_api, tracking = urls(args)
+    backend = args.backend_store_uri or f"sqlite:///{(args.dir / 'mlflow.db').resolve()}"
+    artifacts = args.artifacts_destination or str((args.dir / "mlartifacts").resolve())
+    args.dir.mkdir(parents=True, exist_ok=True)
+    print(f"stack in {args.dir}:")
+    spawn(args, "prefect-server", [str(BIN / "prefect"), "server", "start", "--host", args.host,
+                                   "--port", str(args.prefect_port)], env)  # fmt: skip
+    spawn(args, "mlflow-server", [str(BIN / "mlflow"), "server", "--host", args.host, "--port",
+                                  str(args.mlflow_port), "--backend-store-uri", backend,
+                                  "--artifacts-destination", artifacts, "--workers", "1"], env)  # fmt: skip
+    wait_for("Prefect server", lambda: http_ok(f"{prefect_api}/health") is not None, args.timeout)
+    wait_for("MLflow server", lambda: http_ok(f"{tracking}/health") is not None, args.timeout)
+
+    run([str(BIN / "prefect"), "work-pool", "create", POOL, "--type", "process", "--overwrite"], env)
+    run([str(BIN / "prefect"), "--no-prompt", "deploy", "--all"], env)
+    ensure_zombie_automation(prefect_api)
+
+    gpus = gpu_count(args)
+    for index in range(max(gpus, 1)):
+        pinned = {**env, "CUDA_VISIBLE_DEVICES": str(index)} if gpus else env
+        name = f"{socket.gethostname()}-gpu{index}" if gpus else f"{socket.gethostname()}-cpu"
+        spawn(args, f"worker-{index}", [str(BIN / "prefect"), "worker", "start", "--pool", POOL,
+                                        "--limit", "1", "--name", name], pinned)  # fmt: skip
+        if not args.cold:
+            spawn(args, f"warm-{index}", [str(BIN / "cosmos-worker")], pinned)
+    count = max(gpus, 1)
+    wait_for("process workers", lambda: online_workers(prefect_api) >= count, args.timeout)
+    if not args.cold:
+        listening = lambda: len(http_ok(f"{prefect_api}/task_workers/filter", {}) or [])  # noqa: E731
+        wait_for("warm workers", lambda: listening() >= count, args.timeout)
+    print(f"\nPrefect UI: {prefect_api.removesuffix('/api')}   MLflow UI: {tracking}")
+    print(f'Use it from this shell: eval "$({sys.executable} {Path(__file__).relative_to(REPO)} env)"')
+
+
+def online_workers(prefect_api: str) -> int:
+    workers = http_ok(f"{prefect_api}/work_pools/{POOL}/workers/filter", {}) or []
+    return sum(worker.get("status") == "ONLINE" for worker in workers if isinstance(worker, dict))
+
+
+def down(args: argparse.Namespace) -> None:
+    names = (
+        sorted(path.stem for path in (args.dir / "run").glob("*.pid")) if (args.dir / "run").is_dir() else []
+    )
+    order = [n for n in names if n.startswith("warm-")] + [n for n in names if n.startswith("worker-")]
+    order += [n for n in ("mlflow-server", "prefect-server") if n in names]
+    for name in order:
+        stop(args, name)
+
+
+def status(args: argparse.Namespace) -> None:
+    prefect_api, tracking = urls(args)
+    names = (
+        sorted(path.stem for path in (args.dir / "run").glob("*.pid")) if (args.dir / "run").is_dir() else []
+    )
+    for name in names:
+        pid = running(args, name)
+        print(f"  {name:<16} {'running, pid ' + str(pid) if pid else 'stopped'}")
+    print(f"  Prefect {prefect_api}: {'up' if http_ok(prefect_api + '/health') is not None else 'down'}")
+    print(f"  MLflow  {tracking}: {'up' if http_ok(tracking + '/health') is not None else 'down'}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.command == "up":
+        up(args)
+    elif args.command == "down":
+        down(args)
+    elif args.command == "status":
+        status(args)
+    else:
+        prefect_api, tracking = urls(args)
+        print(f"export PREFECT_API_URL={prefect_api} COSMOS_TRACKING_URI={tracking}")
+        print(f"export PREFECT_RESULTS_LOCAL_STORAGE_PATH={(args.dir / 'prefect' / 'storage').resolve()}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,229 @@
+"""Warm workers: one long-lived process per GPU that keeps loaded pipelines across flow runs.
+
+A process worker starts a new Python process per flow run, so every triggered request would load
+the model again (minutes for the 14B). With `warm_workers` on, the flow hands each generation to a
+Prefect task worker (`cosmos-worker`, one per GPU, pinned with CUDA_VISIBLE_DEVICES) with
+`generate_on_worker.delay(...)`. The worker's process keeps `PIPELINES` loaded, writes the output
+and its sidecar, tracks the run, and returns the small record (frames never leave it). Parameters
+and results travel through Prefect's result storage: a local folder on one host
+(PREFECT_RESULTS_LOCAL_STORAGE_PATH, shared by the flow runs and the workers); several hosts need a
+shared storage block (PREFECT_DEFAULT_RESULT_STORAGE_BLOCK and
+PREFECT_TASKS_SCHEDULING_DEFAULT_STORAGE_BLOCK) and the same paths for inputs and outputs.
+
+A worker takes a generation only when it is idle: Prefect's stock task worker accepts the next run
+while busy and holds it, so an idle GPU would wait, and the held run would die with its worker.
+While it generates, the worker beats a Prefect variable every HEARTBEAT_S. The flow waits on the
+task run; a beat that stops for `warm_lost_after_s` means the worker is gone (killed, host down): the
+task run is marked crashed and submitted again (up to `settings.retries` times), so another worker takes
+it over in the same MLflow run. A generation no worker starts within `warm_start_timeout_s` fails.
+"""
+
+import argparse
+import asyncio
+import contextlib
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from prefect import get_run_logger, task
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.objects import TaskRun
+from prefect.client.subscriptions import Subscription
+from prefect.exceptions import ObjectNotFound
+from prefect.futures import PrefectDistributedFuture
+from prefect.settings import get_current_settings
+from prefect.states import Crashed
+from prefect.task_worker import TaskWorker
+from prefect.variables import Variable
+
+from cosmos_pipeline.request import GenerationRequest
+from cosmos_pipeline.settings import Settings
+from tasks.run import run_generation
+from tasks.scrub import install_log_scrubber
+from tasks.track import worker_name
+from tasks.validate import ValidationReport
+
+HEARTBEAT_S = 5.0  # settings.warm_lost_after_s (>= 15 s: three beats) of silence means the worker is gone
+POLL_S = 2.0
+
+
+class WorkerLostError(RuntimeError):
+    """The worker generating a request stopped beating (its process or host died)."""
+
+
+class NoWarmWorkerError(RuntimeError):
+    """No warm worker started a generation within `warm_start_timeout_s`."""
+
+
+class WarmWorkerRefusedError(RuntimeError):
+    """A warm worker could not load a generation's parameters and dropped it."""
+
+
+def beat_name(task_run_id: Any) -> str:
+    return f"cosmos-beat-{task_run_id}"
+
+
+@contextlib.contextmanager
+def heartbeat(task_run_id: Any) -> Iterator[None]:
+    """Beat `beat_name(task_run_id)` from a thread until the block ends; the variable goes with it."""
+    name, stop = beat_name(task_run_id), threading.Event()
+
+    def beat() -> None:
+        count = 0
+        while True:
+            count += 1
+            with contextlib.suppress(Exception):  # a missed beat is what the waiting flow measures
+                Variable.set(name, {"worker": worker_name(), "beat": count}, overwrite=True)
+            if stop.wait(HEARTBEAT_S):
+                return
+
+    thread = threading.Thread(target=beat, name="cosmos-heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+        with contextlib.suppress(Exception):
+            Variable.unset(name)
+
+
+def task_run_key(context, parameters: dict[str, Any]) -> str:
+    """Never reuse a result: every submission generates (idempotency is the flow's, by request key)."""
+    return f"warm-{context.task_run.id}"
+
+
+@task(
+    name="generate-on-worker",
+    task_run_name="warm-{request.name}",
+    cache_key_fn=task_run_key,  # not NONE: a task worker replaces "no cache" with input caching
+)
+def generate_on_worker(
+    request: GenerationRequest,
+    settings: Settings,
+    validation: ValidationReport,
+    context: dict[str, Any],
+    sidecar: dict[str, Any],
+) -> dict[str, Any]:
+    """`run_generation` in the warm worker's process, beating while it runs."""
+    from prefect.runtime import task_run
+
+    with heartbeat(task_run.id):
+        return run_generation(request, settings, validation, context, sidecar)
+
+
+# ----------------------------------------------------------------------------- the flow's side
+
+
+def _read_beat(client, name: str) -> Any:
+    variable = client.read_variable_by_name(name)
+    return None if variable is None else variable.value
+
+
+def _give_up(client, task_run_id, error: RuntimeError) -> RuntimeError:
+    """Mark the task run crashed (a late worker will not start it), and return the error to raise."""
+    client.set_task_run_state(task_run_id, Crashed(message=str(error)), force=True)
+    return error
+
+
+def await_worker(future: PrefectDistributedFuture, settings: Settings) -> dict[str, Any]:
+    """The record of a generation handed to a warm worker, or why it did not come back.
+
+    Beats are compared with the previous beat, not with a clock, so hosts need not agree on the time.
+    """
+    name, queued = beat_name(future.task_run_id), time.monotonic()
+    last_beat, beat_changed = None, None
+    while True:
+        try:
+            future.wait(timeout=POLL_S)
+        except ObjectNotFound:
+            raise WarmWorkerRefusedError(
+                f"a warm worker dropped the generation (task run {future.task_run_id}): it cannot read its "
+                "parameters. Run the workers from the same checkout and version as the flows; see their log"
+            ) from None
+        with get_client(sync_client=True) as client:
+            state = client.read_task_run(future.task_run_id).state
+            if state is not None and state.is_final():
+                return future.result()
+            now = time.monotonic()
+            if state is None or state.is_scheduled():  # queued: no worker has taken it yet
+                if now - queued > settings.warm_start_timeout_s:
+                    raise _give_up(client, future.task_run_id, NoWarmWorkerError(
+                        f"no warm worker started the generation within {settings.warm_start_timeout_s:.0f} s;"
+                        " start one per GPU (`make stack`, or `cosmos-worker` with CUDA_VISIBLE_DEVICES set),"
+                        " or run without warm workers (COSMOS_WARM_WORKERS=0)"
+                    ))  # fmt: skip
+                continue
+            beat = _read_beat(client, name)
+            if beat_changed is None or beat != last_beat:
+                last_beat, beat_changed = beat, now
+            elif now - beat_changed > settings.warm_lost_after_s:
+                worker = beat.get("worker") if isinstance(beat, dict) else "(no beat yet)"
+                silent = f"{now - beat_changed:.0f} s ago (killed, or its host is down)"
+                raise _give_up(client, future.task_run_id, WorkerLostError(
+                    f"warm worker {worker} stopped beating {silent}"
+                ))  # fmt: skip
+
+
+def generate_on_warm_worker(
+    request: GenerationRequest,
+    settings: Settings,
+    validation: ValidationReport,
+    context: dict[str, Any],
+    sidecar: dict[str, Any],
+) -> dict[str, Any]:
+    """Hand the generation to a warm worker and wait; a lost worker's generation is submitted again."""
+    logger = get_run_logger()
+    for attempt in range(settings.retries + 1):
+        future = generate_on_worker.delay(request, settings, validation, context, sidecar)
+        logger.info("%s: handed to a warm worker (task run %s)", request.name, future.task_run_id)
+        try:
+            return await_worker(future, settings)
+        except WorkerLostError as error:
+            if attempt == settings.retries:
+                raise
+            logger.warning("%s: %s; submitting it again (%d of %d)", request.name, error, attempt + 1,
+                           settings.retries)  # fmt: skip
+    raise AssertionError("unreachable")
+
+
+# ----------------------------------------------------------------------------- the worker process
+
+
+class IdleTaskWorker(TaskWorker):
+    """A task worker that subscribes only while idle, so a run waits in the server's queue, not in a busy
+    worker: the server re-queues a run it could not hand over, and an idle GPU takes it."""
+
+    async def _subscribe_to_task_scheduling(self) -> None:
+        base_url = get_current_settings().api.url
+        if base_url is None:
+            raise ValueError("PREFECT_API_URL must point at a Prefect server for a warm worker")
+        while True:
+            subscription = Subscription(
+                TaskRun, "/task_runs/subscriptions/scheduled", self.task_keys, self.client_id, base_url
+            )
+            try:
+                task_run = await subscription.__anext__()
+            finally:  # Subscription has no public close; leaving closes the websocket
+                with contextlib.suppress(Exception):
+                    await subscription._connect.__aexit__(None, None, None)
+            if await self._acquire_token(task_run.id):
+                await self._safe_submit_scheduled_task_run(task_run)
+
+
+async def serve() -> None:
+    worker = IdleTaskWorker(generate_on_worker, limit=1)  # one generation at a time: one GPU
+    await worker.start()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """`cosmos-worker`: serve generations on this process's GPU (CUDA_VISIBLE_DEVICES) until stopped."""
+    argparse.ArgumentParser(
+        prog="cosmos-worker",
+        description="A warm generation worker: keeps pipelines loaded across flow runs. Start one per GPU "
+        "with CUDA_VISIBLE_DEVICES set, PREFECT_API_URL pointing at the Prefect server and the same "
+        "COSMOS_* environment as the process workers.",
+    ).parse_args(argv)
+    install_log_scrubber()
+    asyncio.run(serve())

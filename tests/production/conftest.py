@@ -1,0 +1,162 @@
+"""The production stack on loopback, started the way a user starts it (scripts/stack.py), and an MLflow
+tracking server that tests can stop and start again. Every process started here is stopped by the
+fixture that started it (by process group), whatever the test did.
+"""
+
+import importlib.util
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ASSETS, REPO
+
+STACK_SCRIPT = REPO / "scripts" / "stack.py"
+_spec = importlib.util.spec_from_file_location("stack_script", STACK_SCRIPT)
+stack_script = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(stack_script)
+# A generation that takes about a second on a 2-core CPU, as the README's tiny profile runs it.
+TINY_OVERRIDES = {"height": 64, "width": 112, "num_output_frames": 9, "num_steps": 2}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until(check, what: str, timeout: float = 120) -> None:
+    """Poll `check` until it is true; a hang guard, not a timing assertion."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} did not happen within {timeout:.0f} s")
+        time.sleep(0.3)
+
+
+def http_ok(url: str) -> bool:
+    import requests
+
+    try:
+        return requests.get(url, timeout=2).ok
+    except requests.RequestException:
+        return False
+
+
+def kill_group(pid: int) -> None:
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+@dataclass
+class Stack:
+    """A running stack: where it lives, how to reach it, where requests may read and write."""
+
+    folder: Path
+    prefect_api: str
+    tracking_uri: str
+    inputs: Path
+    outputs: Path
+    env: dict[str, str]
+    command: list[str]
+
+    def pid(self, service: str) -> int:
+        return int((self.folder / "run" / f"{service}.pid").read_text())
+
+    def log(self, service: str) -> str:
+        return (self.folder / "logs" / f"{service}.log").read_text(errors="replace")
+
+    def script(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [*self.command, *args], env=self.env, capture_output=True, text=True, timeout=timeout
+        )
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory, embedded_cache: Path) -> Iterator[Stack]:
+    """Prefect server, MLflow server, work pool, deployments, two process workers and two warm workers.
+
+    Two "GPUs" on a CPU machine: each worker pair is pinned to its own CUDA_VISIBLE_DEVICES, and both
+    share this host's CPU slot, so the slot allows two generations at once.
+    """
+    root = tmp_path_factory.mktemp("stack")
+    inputs, outputs = root / "inputs", root / "outputs"
+    inputs.mkdir()
+    prefect_port, mlflow_port = free_port(), free_port()
+    env = {key: value for key, value in os.environ.items() if not key.startswith("PREFECT_")}
+    env |= {
+        "COSMOS_CACHE_DIR": str(embedded_cache),
+        "COSMOS_POLICY__INPUT_ROOTS": json.dumps([str(inputs), str(ASSETS)]),
+        "COSMOS_POLICY__OUTPUT_ROOT": str(outputs),
+        "COSMOS_OUTPUT_DIR": str(outputs),
+        "COSMOS_GPU_SLOTS": "2",
+        "COSMOS_RETRIES": "1",
+        "COSMOS_RETRY_DELAY_S": "0",
+        "COSMOS_WARM_LOST_AFTER_S": "15",  # the least allowed: three missed beats
+    }
+    folder = root / "state"
+    command = [sys.executable, str(STACK_SCRIPT), "--dir", str(folder), "--prefect-port", str(prefect_port),
+               "--mlflow-port", str(mlflow_port), "--gpus", "2"]  # fmt: skip
+    prefect_api, tracking_uri = f"http://127.0.0.1:{prefect_port}/api", f"http://127.0.0.1:{mlflow_port}"
+    running = Stack(folder, prefect_api, tracking_uri, inputs, outputs, env, command)
+    try:
+        done = running.script("up")
+        assert done.returncode == 0, done.stdout + done.stderr
+        yield running
+    finally:
+        running.script("down", timeout=120)
+        for pid_file in (folder / "run").glob("*.pid") if (folder / "run").is_dir() else []:
+            kill_group(int(pid_file.read_text()))
+
+
+@dataclass
+class MlflowServer:
+    """An MLflow tracking server on a fixed loopback port that a test can stop and start again."""
+
+    port: int
+    root: Path
+    process: subprocess.Popen | None = None
+
+    @property
+    def uri(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        if self.process is not None:
+            return
+        command = [
+            str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1",
+            "--port", str(self.port), "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
+            "--artifacts-destination", str(self.root / "mlartifacts"), "--workers", "1",
+        ]  # fmt: skip
+        log = open(self.root / "mlflow.log", "ab")  # noqa: SIM115 (the server keeps it)
+        self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        wait_until(lambda: http_ok(f"{self.uri}/health"), "the MLflow server start")
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        kill_group(self.process.pid)
+        self.process.wait(timeout=30)
+        self.process = None
+        wait_until(lambda: not http_ok(f"{self.uri}/health"), "the MLflow server stop")
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
+    """Stopped at first; `start()` / `stop()` it. Always stopped at the end of the module."""
+    server = MlflowServer(free_port(), tmp_path_factory.mktemp("mlflow-server"))
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -1,0 +1,265 @@
+"""The whole stack on loopback, as `make stack` starts it: deployments served by process workers and warm
+GPU workers, tracked on an MLflow server, read back through the Prefect and MLflow APIs.
+
+The tests share one stack (starting it costs ~20 s); the one that kills a warm worker runs last.
+"""
+
+import json
+import os
+import signal
+import socket
+from pathlib import Path
+from uuid import UUID
+
+import requests
+from mlflow import MlflowClient
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+from prefect.client.schemas.objects import FlowRun
+from prefect.deployments import run_deployment
+from prefect.settings import PREFECT_API_URL, temporary_settings
+
+from cosmos_pipeline.request import GenerationRequest
+from tasks.track import KEY_TAG, PARENT_TAG
+from tests.conftest import ASSETS
+
+from .conftest import TINY_OVERRIDES, Stack, http_ok, stack_script, wait_until
+
+GENERATE, EVALUATE = "generate/generate", "evaluate-variants/evaluate-variants"
+
+
+def trigger(stack: Stack, deployment: str, **parameters) -> UUID:
+    with temporary_settings(updates={PREFECT_API_URL: stack.prefect_api}):
+        return run_deployment(deployment, parameters=parameters, timeout=0).id
+
+
+def finished(stack: Stack, flow_run_ids: list[UUID], timeout: float = 240) -> list[FlowRun]:
+    """The flow runs once every one of them is in a final state."""
+    runs: list[FlowRun] = []
+
+    def done() -> bool:
+        nonlocal runs
+        with temporary_settings(updates={PREFECT_API_URL: stack.prefect_api}):
+            with get_client(sync_client=True) as client:
+                runs = [client.read_flow_run(run_id) for run_id in flow_run_ids]
+        return all(run.state is not None and run.state.is_final() for run in runs)
+
+    wait_until(done, f"flow runs {flow_run_ids} finishing", timeout)
+    return runs
+
+
+def flow_logs(stack: Stack, flow_run_id: UUID) -> str:
+    with temporary_settings(updates={PREFECT_API_URL: stack.prefect_api}):
+        with get_client(sync_client=True) as client:
+            logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
+    return "\n".join(log.message for log in logs)
+
+
+def mlflow_runs(stack: Stack, experiment: str, filter_string: str = "") -> list:
+    client = MlflowClient(stack.tracking_uri)
+    found = client.get_experiment_by_name(experiment)
+    return [] if found is None else client.search_runs([found.experiment_id], filter_string)
+
+
+def artifacts(client: MlflowClient, run_id: str, path: str | None = None) -> set[str]:
+    found = set()
+    for item in client.list_artifacts(run_id, path):
+        found |= artifacts(client, run_id, item.path) if item.is_dir else {item.path}
+    return found
+
+
+def generate_parameters(stack: Stack, name: str, seed: int, **overrides) -> dict:
+    return {
+        "input_path": str(ASSETS / "text2world.json"),
+        "profile": "tiny",
+        "overrides": {**TINY_OVERRIDES, "name": name, "seed": seed, **overrides},
+    }
+
+
+def local_addresses() -> set[str]:
+    """This host's addresses other than loopback (none on a machine with no network)."""
+    found = {info[4][0] for info in socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET)}
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("192.0.2.1", 9))  # a documentation address: no packet is sent
+            found.add(probe.getsockname()[0])
+        except OSError:
+            pass
+    return {address for address in found if not address.startswith("127.")}
+
+
+def test_stack_starts_with_the_documented_commands_and_listens_on_loopback(stack: Stack) -> None:
+    for service in ("prefect-server", "mlflow-server", "worker-0", "worker-1", "warm-0", "warm-1"):
+        os.kill(stack.pid(service), 0)  # alive
+    assert http_ok(f"{stack.prefect_api}/health") and http_ok(f"{stack.tracking_uri}/health")
+    with temporary_settings(updates={PREFECT_API_URL: stack.prefect_api}):
+        with get_client(sync_client=True) as client:
+            deployments = {d.name: d for d in client.read_deployments()}
+            workers = client.read_workers_for_work_pool("cosmos-gpu")
+    assert {"generate", "evaluate-variants"} <= set(deployments)
+    assert all(d.work_pool_name == "cosmos-gpu" for d in deployments.values())
+    assert sorted(w.name for w in workers if w.status == "ONLINE") == sorted(
+        f"{socket.gethostname()}-gpu{index}" for index in (0, 1)
+    )
+    automations = requests.post(f"{stack.prefect_api}/automations/filter", json={}, timeout=10).json()
+    assert stack_script.ZOMBIES in {automation["name"] for automation in automations}
+    # One GPU per worker: each pair of workers is pinned by its own environment.
+    for index in (0, 1):
+        for service in (f"worker-{index}", f"warm-{index}"):
+            environ = Path(f"/proc/{stack.pid(service)}/environ").read_bytes().split(b"\0")
+            assert f"CUDA_VISIBLE_DEVICES={index}".encode() in environ
+    # Loopback only: started with --host 127.0.0.1, and not reachable on the host's other addresses.
+    for service, port in (("prefect-server", stack.prefect_api.split(":")[2].split("/")[0]),
+                          ("mlflow-server", stack.tracking_uri.rsplit(":", 1)[1])):  # fmt: skip
+        command = Path(f"/proc/{stack.pid(service)}/cmdline").read_bytes().split(b"\0")
+        assert command[command.index(b"--host") + 1] == b"127.0.0.1"
+        for address in local_addresses():
+            with socket.socket() as sock:
+                sock.settimeout(2)
+                assert sock.connect_ex((address, int(port))) != 0, (service, address)
+    # Idempotent: a second `up` keeps what runs.
+    again = stack.script("up")
+    assert again.returncode == 0 and again.stdout.count("already running") == 6, again.stdout
+
+
+def test_generate_deployment_runs_on_warm_workers_once_per_request(stack: Stack) -> None:
+    """Three triggered runs over two warm workers: each worker loads the pipeline once and then loads nothing;
+    the same request triggered again makes no second output and no second MLflow run."""
+    parameters = [
+        generate_parameters(
+            stack, f"warm{index}", seed=index, output_path=str(stack.outputs / f"warm{index}.mp4")
+        )
+        for index in range(3)
+    ]
+    ids = [trigger(stack, GENERATE, **each) for each in parameters]
+    runs = finished(stack, ids)
+    assert [run.state.type.value for run in runs] == ["COMPLETED"] * 3, [run.state.message for run in runs]
+
+    client = MlflowClient(stack.tracking_uri)
+    tracked = mlflow_runs(stack, "cosmos-generate-tiny", "tags.asset LIKE 'warm%'")
+    assert sorted(run.data.tags["asset"] for run in tracked) == ["warm0", "warm1", "warm2"]
+    by_worker: dict[str, list] = {}
+    for run in tracked:
+        assert run.info.status == "FINISHED"
+        params, tags, metrics = run.data.params, run.data.tags, run.data.metrics
+        assert set(GenerationRequest.model_fields) <= set(params) and params["model_id"] == "embedded:tiny"
+        assert tags["prefect.deployment"] == "generate" and tags["prefect.flow_run_id"] in {
+            str(i) for i in ids
+        }
+        assert len(tags[KEY_TAG]) == 64 and {"time/total_s", "output/sharpness"} <= set(metrics)
+        name = f"{tags['asset']}.mp4"
+        found = artifacts(client, run.info.run_id)
+        assert {f"output/{name}", f"output/{name}.json", "prompt.txt", "config.json"} <= found
+        assert json.loads((stack.outputs / f"{name}.json").read_text())["mlflow_run_id"] == run.info.run_id
+        by_worker.setdefault(tags["worker"], []).append(metrics["pipeline_loaded"])
+    # The warm workers generated (not the flow-run processes), each loading the pipeline once however
+    # many runs it served; with three runs on two workers, one served at least two.
+    assert set(by_worker) <= {f"{socket.gethostname()}-{stack.pid(f'warm-{i}')}" for i in (0, 1)}
+    assert all(sum(loads) == 1.0 for loads in by_worker.values()), by_worker
+    assert max(len(loads) for loads in by_worker.values()) >= 2
+
+    stamp = (stack.outputs / "warm0.mp4").stat().st_mtime_ns
+    [again] = finished(stack, [trigger(stack, GENERATE, **parameters[0])])
+    assert again.state.is_completed()
+    reused = "1 request(s) already have their output; reusing it"
+    wait_until(lambda: reused in flow_logs(stack, again.id), "the reuse in the flow run's log")
+    assert len(mlflow_runs(stack, "cosmos-generate-tiny", "tags.asset = 'warm0'")) == 1
+    assert (stack.outputs / "warm0.mp4").stat().st_mtime_ns == stamp
+    assert sorted(path.name for path in stack.outputs.glob("warm0*")) == ["warm0.mp4", "warm0.mp4.json"]
+
+
+def test_evaluate_deployment_compares_variants(stack: Stack) -> None:
+    [run] = finished(stack, [trigger(stack, EVALUATE, suite="configs/eval/tiny.toml", profile="tiny")])
+    assert run.state.is_completed(), run.state.message
+    [parent] = mlflow_runs(stack, "cosmos-evaluate-tiny", "tags.mode = 'evaluation'")
+    children = mlflow_runs(stack, "cosmos-evaluate-tiny", f"tags.`{PARENT_TAG}` = '{parent.info.run_id}'")
+    assert parent.info.status == "FINISHED" and len(children) == 4  # 2 assets x 2 variants x 1 seed
+    assert {child.data.tags["variant"] for child in children} == {"pre-trained", "post-trained"}
+    assert all(child.info.status == "FINISHED" for child in children)
+    found = artifacts(MlflowClient(stack.tracking_uri), parent.info.run_id)
+    assert {"summary.json", "report.md"} <= found and any(path.startswith("comparison/") for path in found)
+    assert parent.data.metrics["cases"] == 4 and parent.data.metrics["failed_cases"] == 0
+
+
+def test_hostile_deployment_parameters_are_refused(stack: Stack, tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "secret.txt").write_text("the secret prompt")
+    (elsewhere / "outside.json").write_text(json.dumps({"prompt": "a robot"}))
+    os.symlink(elsewhere / "secret.txt", stack.inputs / "link.txt")
+    rows = [
+        {"name": "dotdot", "prompt_path": "../" * 12 + str(elsewhere / "secret.txt").lstrip("/")},
+        {"name": "absolute", "prompt_path": str(elsewhere / "secret.txt")},
+        {"name": "symlink", "prompt_path": "link.txt"},
+        {"name": "out", "prompt": "a robot", "output_path": str(elsewhere / "out.mp4")},
+        {"name": "huge", "prompt": "x" * 5000},
+        {"name": "frames", "prompt": "a robot", "num_output_frames": 2001},
+    ]
+    (stack.inputs / "hostile.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    cases = {
+        "bundle outside the input roots": (
+            {"input_path": str(elsewhere / "outside.json")},
+            "outside the allowed",
+        ),
+        "policy from the parameters": (
+            {"input_path": str(ASSETS / "text2world.json"), "settings": {"policy": {"input_roots": None}}},
+            "cannot be set by a deployment's parameters",
+        ),
+        "profile as a path": (
+            {"input_path": str(ASSETS / "text2world.json"), "profile": "/etc/evil.toml"},
+            "must be the name of a profile",
+        ),  # fmt: skip
+        "hostile rows": ({"input_path": str(stack.inputs / "hostile.jsonl"), "profile": "tiny"}, "6 of 6"),
+    }
+    ids = {case: trigger(stack, GENERATE, **parameters) for case, (parameters, _) in cases.items()}
+    runs = dict(zip(ids, finished(stack, list(ids.values())), strict=True))
+    for case, (_, expected) in cases.items():
+        assert runs[case].state.is_failed() and expected in runs[case].state.message, (case, runs[case].state)
+    message = runs["hostile rows"].state.message
+    for name in ("dotdot", "absolute", "symlink"):
+        assert (
+            f"({name}): `prompt`: --prompt_path" in message and "outside the allowed input folders" in message
+        )
+    assert (
+        "(out): `policy`: output" in message and "(huge): `policy`: the prompt has 5000 characters" in message
+    )
+    assert "(frames): `policy`: 2001 frames requested" in message
+    # Nothing was generated, nothing written outside, and no secret reached MLflow.
+    assert not (elsewhere / "out.mp4").exists()
+    hostile = {row["name"] for row in rows}
+    for tracked in mlflow_runs(stack, "cosmos-generate-tiny") + mlflow_runs(stack, "cosmos-generate"):
+        assert "the secret prompt" not in json.dumps(tracked.data.params | tracked.data.tags)
+        assert tracked.data.tags.get("mode") == "validation" or tracked.data.tags.get("asset") not in hostile
+
+
+def test_a_killed_warm_worker_loses_no_generation(stack: Stack) -> None:
+    """SIGKILL the worker mid-generation: the flow notices the silence, another worker generates it again
+    in the same MLflow run; one output, one run, no partial file."""
+    long = {"height": 256, "width": 448, "num_output_frames": 45, "num_steps": 60}
+    parameters = generate_parameters(
+        stack, "killed", seed=7, output_path=str(stack.outputs / "killed.mp4"), **long
+    )
+    flow_run_id = trigger(stack, GENERATE, **parameters)
+    victim: dict = {}
+
+    def generating() -> bool:
+        with temporary_settings(updates={PREFECT_API_URL: stack.prefect_api}):
+            with get_client(sync_client=True) as client:
+                beats = [v.value for v in client.read_variables() if v.name.startswith("cosmos-beat-")]
+        if beats and beats[0]["beat"] >= 2:  # ~5 s into the generation (this is the only one running)
+            victim.update(beats[0])
+        return bool(victim)
+
+    wait_until(generating, "the generation starting on a warm worker")
+    pid = int(victim["worker"].rsplit("-", 1)[1])
+    os.killpg(pid, signal.SIGKILL)
+    [run] = finished(stack, [flow_run_id])
+    assert run.state.is_completed(), run.state.message
+    [tracked] = mlflow_runs(stack, "cosmos-generate-tiny", "tags.asset = 'killed'")
+    assert tracked.info.status == "FINISHED"
+    assert tracked.data.tags["worker"] != victim["worker"]  # the other worker generated it
+    assert sorted(path.name for path in stack.outputs.iterdir() if "killed" in path.name) == [
+        "killed.mp4", "killed.mp4.json",
+    ]  # fmt: skip
+    logs = flow_logs(stack, flow_run_id)
+    assert f"warm worker {victim['worker']} stopped beating" in logs and "submitting it again" in logs
