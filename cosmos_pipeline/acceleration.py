@@ -30,6 +30,8 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
+from cosmos_pipeline.cfg_parallel import CFG_PARALLEL_ATTRIBUTE
+
 logger = logging.getLogger(__name__)
 
 Toggle = Literal["auto", "on", "off"]
@@ -814,6 +816,9 @@ def apply_acceleration(
         logger.warning(note)
 
     accelerate_transformer(pipe.transformer, plan)
+    parallel = pipe.__dict__.get(CFG_PARALLEL_ATTRIBUTE)  # a CFG-parallel replica gets the same levers
+    if parallel is not None:
+        accelerate_transformer(parallel.replica, plan)
     if placing or (previous.offload if previous else "none") != plan.offload:
         _place(pipe, previous, plan.offload, device)
     pipe.__dict__["_cosmos_acceleration"] = plan

@@ -208,6 +208,9 @@ def request_rows(
     Bundles and prompt files are read only under `policy`'s input roots.
     """
     explicit = {key: value for key, value in explicit.items() if value is not None}
+    for key in PATH_KEYS:  # flow parameters are JSON: a list or a number is not a path
+        if key in explicit and not isinstance(explicit[key], str | Path):
+            raise InputError(f"`{key}` must be a path string, not {explicit[key]!r}")
     input_path = explicit.pop("input_path", None)
     if input_path is not None and (is_bundle(Path(input_path)) or Path(input_path).is_dir()):
         entries = read_entries(Path(input_path), policy)

@@ -13,6 +13,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import torch
 
+CFG_PARALLEL_ATTRIBUTE = "_cosmos_cfg_parallel"  # where a pipeline keeps its replica
+
 
 def cfg_parallel_device(setting: str, device_map: str | None, main_device: str) -> str | None:
     """The device for the replica: `auto` takes a second visible GPU when there is one.
@@ -53,3 +55,11 @@ class CfgParallel:
                 return output.to(back_to, non_blocking=False)
 
         return self._pool.submit(run)
+
+
+def attach(pipe, device: str) -> CfgParallel:
+    """Give `pipe` a transformer replica on `device`; call before the acceleration plan is applied,
+    which then applies the same transformer levers to both."""
+    parallel = CfgParallel(pipe.transformer, device)
+    pipe.__dict__[CFG_PARALLEL_ATTRIBUTE] = parallel
+    return parallel

@@ -7,8 +7,9 @@ unavailable, 1 any other failure. Errors are one paragraph, never a traceback.
 
 import argparse
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, get_args
 
+from cosmos_pipeline.acceleration import Acceleration, AttentionKernel, Offload
 from cosmos_pipeline.errors import GuardrailUnavailableError, InputError
 from cosmos_pipeline.request import DEFAULT_MODEL_ID, DEFAULT_REVISION, RESOLUTIONS
 
@@ -132,6 +133,11 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(model, "device_map", help="diffusers device map, e.g. balanced to shard over several GPUs")
     _flag(
         model,
+        "cfg_parallel",
+        help="auto: each step's unconditional forward on a second GPU when there is one; off; or a device",
+    )
+    _flag(
+        model,
         "dtype",
         choices=["bfloat16", "float16", "float32"],
         help="weights precision (default bfloat16)",
@@ -141,6 +147,37 @@ def build_parser() -> argparse.ArgumentParser:
         "guardrail",
         choices=["auto", "on", "off"],
         help="Cosmos guardrail: auto = on for real models, off for the embedded one (default auto)",
+    )
+    speed = parser.add_argument_group("speed and memory (GPU)")
+    _flag(
+        speed,
+        "acceleration",
+        choices=["default", "fast", "plain", "low-memory"],
+        help="default: exact, compiled, fastest exact attention (automatic); fast: FP8 attention and "
+        "linears, guidance interval, step reuse (output drifts); plain: the diffusers call as-is; "
+        "low-memory: model CPU offload + tiled VAE",
+    )
+    _flag(speed, "attention", choices=list(get_args(AttentionKernel)), help="attention kernel (default auto)")
+    _flag(
+        speed,
+        "compile",
+        choices=["auto", "on", "off"],
+        help="torch.compile the transformer blocks (default auto)",
+    )
+    _flag(
+        speed,
+        "offload",
+        choices=list(get_args(Offload)),
+        help="auto: offload the text encoder only when memory demands it; text_encoder; model; none",
+    )
+    _flag(
+        speed,
+        "vae_tiling",
+        choices=["auto", "on", "off"],
+        help="tiled VAE decode (default auto: when memory is short)",
+    )
+    _flag(
+        speed, "memory_budget_gib", type=float, metavar="GIB", help="plan for this much GPU memory (e.g. 20)"
     )
     settings = parser.add_argument_group("settings")
     _flag(
@@ -160,6 +197,18 @@ def split_run_options(values: dict[str, Any]) -> tuple[dict[str, Any], bool, boo
     """Request values, then the batch options --skip_existing and --keep_going."""
     values = dict(values)
     return values, bool(values.pop("skip_existing", None)), bool(values.pop("keep_going", None))
+
+
+ACCELERATION_FLAGS = ("attention", "compile", "offload", "vae_tiling", "memory_budget_gib")
+
+
+def acceleration_options(values: dict[str, Any]) -> Acceleration | None:
+    """Pop the speed and memory flags from `values`; None when none was given (the settings decide)."""
+    preset = values.pop("acceleration", None)
+    overrides = {name: value for name in ACCELERATION_FLAGS if (value := values.pop(name, None)) is not None}
+    if preset is None and not overrides:
+        return None
+    return Acceleration.preset(preset or "default", **overrides)
 
 
 def error_exit_code(error: Exception) -> int:

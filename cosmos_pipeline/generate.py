@@ -27,6 +27,7 @@ from cosmos_pipeline.acceleration import (
     use_tiled_decode,
     vae_tiling,
 )
+from cosmos_pipeline.cfg_parallel import CFG_PARALLEL_ATTRIBUTE, CfgParallel
 from cosmos_pipeline.media import fit_frames, read_image, read_video
 from cosmos_pipeline.request import GenerationRequest
 
@@ -211,6 +212,7 @@ def generate(
     # or reuses the last step's velocity ("reuse").
     kinds = step_kinds(plan, request.num_inference_steps, do_cfg)
     timings.forwards = forward_count(kinds)
+    parallel: CfgParallel | None = pipe.__dict__.get(CFG_PARALLEL_ATTRIBUTE)  # a replica on a second GPU
     noise_pred = None
     with pipe.progress_bar(total=request.num_inference_steps) as progress_bar:
         for i, t in enumerate(pipe.scheduler.timesteps):
@@ -222,9 +224,22 @@ def generate(
                 ) * sigma_t.view(1, 1, 1, 1, 1)
                 in_latents = (cond_mask * cond_latent + (1 - cond_mask) * latents).to(transformer_dtype)
 
+                negative = None
+                if kinds[i] == "cfg" and parallel is not None:  # the unconditional forward, at the same time
+                    negative = parallel.submit(
+                        device,
+                        hidden_states=in_latents,
+                        condition_mask=cond_mask,
+                        timestep=in_timestep,
+                        encoder_hidden_states=negative_prompt_embeds,
+                        padding_mask=padding_mask,
+                    )
                 noise_pred = velocity(in_latents, in_timestep, prompt_embeds)
                 if kinds[i] == "cfg":
-                    noise_pred_neg = velocity(in_latents, in_timestep, negative_prompt_embeds)
+                    if negative is None:
+                        noise_pred_neg = velocity(in_latents, in_timestep, negative_prompt_embeds)
+                    else:
+                        noise_pred_neg = gt_velocity + negative.result() * (1 - cond_mask)
                     noise_pred = noise_pred + request.guidance_scale * (noise_pred - noise_pred_neg)
             latents = pipe.scheduler.step(noise_pred, t, latents, return_dict=False)[0]
 

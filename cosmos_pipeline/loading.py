@@ -12,7 +12,9 @@ from pathlib import Path
 
 import torch
 
-from cosmos_pipeline import tiny
+from cosmos_pipeline import cfg_parallel, tiny
+from cosmos_pipeline.acceleration import apply_acceleration
+from cosmos_pipeline.cfg_parallel import cfg_parallel_device
 from cosmos_pipeline.guardrail import effective_guardrail, load_safety_checker
 from cosmos_pipeline.request import GenerationRequest
 
@@ -33,6 +35,7 @@ class PipelineKey:
     guardrail: bool
     lora_path: str | None = None
     lora_scale: float = 1.0
+    cfg_parallel: str | None = None  # the replica's device for CFG-parallel steps, if any
 
     @classmethod
     def for_request(cls, request: GenerationRequest) -> "PipelineKey":
@@ -46,6 +49,9 @@ class PipelineKey:
             guardrail=effective_guardrail(request.guardrail, embedded),
             lora_path=None if request.lora_path is None else str(request.lora_path.resolve()),
             lora_scale=request.lora_scale,
+            cfg_parallel=cfg_parallel_device(
+                request.cfg_parallel, request.device_map, resolve_device(request.device)
+            ),
         )
 
 
@@ -91,8 +97,14 @@ def load_pipeline(key: PipelineKey):
         # diffusers' Cosmos LoRA loader; kept unfused so the base weights stay intact.
         pipe.load_lora_weights(key.lora_path, adapter_name="variant")
         pipe.set_adapters(["variant"], adapter_weights=[key.lora_scale])
+    if key.cfg_parallel is not None:
+        cfg_parallel.attach(pipe, key.cfg_parallel)
+    # The default mode (compiled blocks, fastest exact attention, memory plan) from the start; a
+    # request's own options re-plan the loaded pipeline in place (`generate(options=...)`).
     if key.device_map is None:
-        pipe.to(key.device)
+        apply_acceleration(pipe, device=key.device)  # places components as the memory plan says
+    else:
+        apply_acceleration(pipe)  # levers only: the device map keeps its placement
     return pipe
 
 

@@ -8,6 +8,7 @@ window are 4k+1, so the last window is sized to what remains.
 
 import numpy as np
 
+from cosmos_pipeline.acceleration import Acceleration
 from cosmos_pipeline.generate import GenerationResult, StepCallback, Timings, generate
 from cosmos_pipeline.request import VAE_TEMPORAL_FACTOR, GenerationRequest
 
@@ -41,7 +42,12 @@ def seam_consistency(frames: np.ndarray, seams: list[int]) -> dict[str, float]:
     }
 
 
-def generate_long(pipe, request: GenerationRequest, on_step: StepCallback | None = None) -> GenerationResult:
+def generate_long(
+    pipe,
+    request: GenerationRequest,
+    on_step: StepCallback | None = None,
+    options: Acceleration | None = None,
+) -> GenerationResult:
     request = request.with_seed()
     assert request.seed is not None
     overlap = request.overlap_frames
@@ -54,7 +60,7 @@ def generate_long(pipe, request: GenerationRequest, on_step: StepCallback | None
         return lambda i, _total, seconds: on_step(offset + i, total_steps, seconds)
 
     first = request.model_copy(update={"num_frames": windows[0], "output_path": None})
-    result = generate(pipe, first, window_step(0))
+    result = generate(pipe, first, window_step(0), options=options)
     frames, timings, seams = [result.frames], result.timings, []
     length = windows[0]
     for index, window in enumerate(windows[1:], start=1):
@@ -67,7 +73,9 @@ def generate_long(pipe, request: GenerationRequest, on_step: StepCallback | None
             }
         )
         tail = np.concatenate(frames)[-overlap:]
-        result = generate(pipe, window_request, window_step(index * request.num_inference_steps), tail)
+        result = generate(
+            pipe, window_request, window_step(index * request.num_inference_steps), tail, options=options
+        )
         frames.append(result.frames[overlap:])
         seams.append(length)
         length += window - overlap
@@ -75,7 +83,14 @@ def generate_long(pipe, request: GenerationRequest, on_step: StepCallback | None
     video = np.concatenate(frames)
     assert video.shape[0] == request.num_frames
     return GenerationResult(
-        request, video, result.latents, result.guardrail, timings, result.peak_memory_bytes, seams=seams
+        request,
+        video,
+        result.latents,
+        result.guardrail,
+        timings,
+        result.peak_memory_bytes,
+        seams=seams,
+        acceleration=result.acceleration,
     )
 
 
@@ -86,4 +101,5 @@ def _add(a: Timings, b: Timings) -> Timings:
         steps_s=a.steps_s + b.steps_s,
         decode_s=a.decode_s + b.decode_s,
         total_s=a.total_s + b.total_s,
+        forwards=a.forwards + b.forwards,
     )

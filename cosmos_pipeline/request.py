@@ -64,6 +64,8 @@ class GenerationRequest(BaseModel):
     revision: str = DEFAULT_REVISION
     device: str = "cuda"
     device_map: str | None = None
+    # A transformer replica on a second GPU runs each step's unconditional forward (auto: when two GPUs).
+    cfg_parallel: str = "auto"
     dtype: Dtype = "bfloat16"
     guardrail: GuardrailMode = "auto"
     overwrite: bool = False
@@ -187,7 +189,7 @@ class GenerationRequest(BaseModel):
         A seed drawn by `with_seed` is left out, so re-running a request that gave no seed finds its
         earlier output. Input media count by content, not by path.
         """
-        ignored = {"name", "output_path", "overwrite", "device", "device_map", "seed_chosen"}
+        ignored = {"name", "output_path", "overwrite", "device", "device_map", "cfg_parallel", "seed_chosen"}
         fields = self.model_dump(mode="json", exclude=ignored)
         if self.seed_chosen:
             fields["seed"] = None

@@ -4,6 +4,7 @@ long video) and write (the output and its sidecar, atomically). The Prefect task
 from pathlib import Path
 from typing import Any
 
+from cosmos_pipeline.acceleration import Acceleration
 from cosmos_pipeline.generate import GenerationResult, StepCallback, generate
 from cosmos_pipeline.long_video import generate_long
 from cosmos_pipeline.media import write_image, write_video
@@ -14,12 +15,16 @@ OUTPUT_FPS = 16  # Cosmos-Predict2.5 is trained on 16 fps video
 
 
 def generate_request(
-    pipe, request: GenerationRequest, on_step: StepCallback | None = None
+    pipe,
+    request: GenerationRequest,
+    on_step: StepCallback | None = None,
+    options: Acceleration | None = None,
 ) -> GenerationResult:
-    """One window, or chained windows when the request is longer than the model's window."""
+    """One window, or chained windows when the request is longer than the model's window.
+    `options`: acceleration for this call (None: the plan the pipeline was loaded with)."""
     if request.is_long:
-        return generate_long(pipe, request, on_step)
-    return generate(pipe, request, on_step)
+        return generate_long(pipe, request, on_step, options)
+    return generate(pipe, request, on_step, options=options)
 
 
 def write_output(result: GenerationResult) -> Path:

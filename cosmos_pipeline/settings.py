@@ -31,6 +31,7 @@ from pydantic_settings import (
 )
 
 from cosmos_pipeline import bundle
+from cosmos_pipeline.acceleration import Acceleration
 from cosmos_pipeline.bundle import DEFAULT_OUTPUT_DIR, Plan, Row
 from cosmos_pipeline.errors import InputError
 from cosmos_pipeline.guardrail import GuardrailMode
@@ -120,6 +121,8 @@ class Settings(BaseSettings):
     gpu_wait_timeout_s: float | None = None  # None waits for a free GPU as long as it takes
     max_input_artifact_mb: float = 25.0  # larger inputs are recorded by content hash only
     request: RequestDefaults = RequestDefaults()
+    # Speed and memory: the default mode unless a profile, COSMOS_ACCELERATION__* or a flag says otherwise.
+    acceleration: Acceleration = Acceleration()
     # What requests may read, write and ask for; a shared deployment sets the roots.
     policy: Policy = Policy()
     # Production (README "Production"): generations go to long-lived `cosmos-worker` processes that keep

@@ -3,6 +3,7 @@
 import pytest
 
 from cosmos_pipeline import cli
+from cosmos_pipeline.acceleration import Acceleration
 
 SEED_FLAGS = {
     "input_path": "x.json",
@@ -35,6 +36,13 @@ EXTRA_FLAGS = {
     "lora_path": "adapter",
     "lora_scale": "0.5",
     "profile": "tiny",
+    "acceleration": "fast",
+    "attention": "cudnn",
+    "compile": "off",
+    "offload": "text_encoder",
+    "vae_tiling": "on",
+    "memory_budget_gib": "20",
+    "cfg_parallel": "off",
 }
 
 
@@ -58,3 +66,15 @@ def test_help_documents_every_flag():
     text = cli.build_parser().format_help()
     for flag in [*SEED_FLAGS, *EXTRA_FLAGS, "overwrite", "skip_existing", "keep_going"]:
         assert f"--{flag}" in text and f"--{flag.replace('_', '-')}" in text
+
+
+def test_speed_flags_build_acceleration_options_and_leave_request_values():
+    values = cli.parse_args(["--acceleration", "fast", "--offload", "text_encoder", "--prompt", "p"])
+    options = cli.acceleration_options(values)
+    assert options == Acceleration.preset("fast", offload="text_encoder")
+    assert options.fp8_linear and options.guidance_interval == (0.25, 0.75)
+    assert values["prompt"] == "p" and not set(values) & {"acceleration", *cli.ACCELERATION_FLAGS}
+    assert cli.acceleration_options(cli.parse_args(["--memory_budget_gib", "20"])) == Acceleration(
+        memory_budget_gib=20
+    )
+    assert cli.acceleration_options(cli.parse_args([])) is None  # the settings decide
