@@ -40,6 +40,8 @@ def sidecar_record(result: GenerationResult, extra: dict[str, Any] | None = None
             "total_s": timings.total_s,
         },
         "peak_memory_bytes": result.peak_memory_bytes,
+        "acceleration": result.acceleration,
+        "forwards": timings.forwards,
         "seams": result.seams,
         "versions": {
             "cosmos_pipeline": cosmos_pipeline.__version__,

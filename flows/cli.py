@@ -13,7 +13,14 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from cosmos_pipeline.cli import EXIT_INPUT, EXIT_OK, error_exit_code, parse_args, split_run_options
+from cosmos_pipeline.cli import (
+    EXIT_INPUT,
+    EXIT_OK,
+    acceleration_options,
+    error_exit_code,
+    parse_args,
+    split_run_options,
+)
 from cosmos_pipeline.errors import InputError
 from cosmos_pipeline.settings import Settings, load_settings, resolve
 
@@ -28,8 +35,8 @@ PREFECT_DEFAULTS = {
 def print_runs(settings: Settings, flow_run_id: str) -> None:
     """Where this flow run's MLflow runs are, and how to open them (or where they wait to be synced)."""
     from tasks.scrub import scrub
-    from tasks.spool import server_reachable, spool_root
-    from tasks.track import experiment_id, mlflow_client, search_runs, ui_hint
+    from tasks.spool import experiment_id, mlflow_client, server_reachable, spool_root
+    from tasks.track import search_runs, ui_hint
 
     if not server_reachable(settings):
         print(
@@ -58,9 +65,11 @@ def prefect_defaults() -> None:
 
 def run(argv: Sequence[str] | None = None) -> int:
     values, skip_existing, keep_going = split_run_options(parse_args(argv))
-    profile = values.pop("profile", None)  # once the core parser has --profile; COSMOS_PROFILE otherwise
+    profile = values.pop("profile", None)  # else COSMOS_PROFILE
+    acceleration = acceleration_options(values)  # None: the profile's (or the default mode)
+    explicit = {} if acceleration is None else {"acceleration": acceleration.model_dump(mode="json")}
     try:
-        settings = load_settings(profile)
+        settings = load_settings(profile, **explicit)
         plan = resolve(values, settings, skip_existing)
     except InputError as error:
         print(f"error: {error}", file=sys.stderr)
@@ -78,6 +87,7 @@ def run(argv: Sequence[str] | None = None) -> int:
         input_path=None if input_path is None else str(input_path),
         overrides=overrides,
         profile=profile,
+        settings=explicit or None,
         skip_existing=skip_existing,
         keep_going=keep_going,
         return_state=True,

@@ -19,6 +19,7 @@ from prefect.cache_policies import NONE
 from prefect.client.schemas.objects import State, TaskRun
 from prefect.concurrency.sync import concurrency
 
+from cosmos_pipeline.acceleration import Acceleration
 from cosmos_pipeline.errors import GuardrailUnavailableError, InputError
 from cosmos_pipeline.generate import GenerationResult, UnsafeContentError
 from cosmos_pipeline.loading import PIPELINES, PipelineKey, resolve_device
@@ -150,7 +151,9 @@ def out_of_memory_message(request: GenerationRequest, device: str, detail: str) 
     )
 
 
-def generate_or_explain(pipe, request: GenerationRequest, on_step) -> GenerationResult:
+def generate_or_explain(
+    pipe, request: GenerationRequest, on_step, options: Acceleration | None = None
+) -> GenerationResult:
     """`generate_request`, with out-of-memory turned into an actionable error that holds no GPU memory.
 
     An OOM's traceback keeps the failed step's activations alive (its frames reference them), and
@@ -159,7 +162,7 @@ def generate_or_explain(pipe, request: GenerationRequest, on_step) -> Generation
     """
     detail = None
     try:
-        return generate_request(pipe, request, on_step)
+        return generate_request(pipe, request, on_step, options)
     except torch.OutOfMemoryError as error:
         detail = str(error)
     gc.collect()
@@ -192,7 +195,7 @@ def generate_video(request: GenerationRequest, settings: Settings) -> Generation
             if (index + 1) % max(1, total // 10) == 0 or index + 1 == total:  # about ten lines a run
                 logger.info("step %d/%d: %.2f s", index + 1, total, seconds)
 
-        result = generate_or_explain(pipe, request, on_step)
+        result = generate_or_explain(pipe, request, on_step, settings.acceleration)
     timings = result.timings
     logger.info(
         "%s: %s %dx%dx%d seed %d in %.1f s (denoise %.1f s, decode %.1f s)",

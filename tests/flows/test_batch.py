@@ -51,10 +51,10 @@ def test_keep_going_runs_past_a_failing_request_and_reports_it(tmp_path, capsys,
 
     real = runner.generate
 
-    def failing(pipe, request, on_step=None, conditioning=None):
+    def failing(pipe, request, *args, **kwargs):
         if request.name == "boom":
             raise RuntimeError("CUDA out of memory (simulated)")
-        return real(pipe, request, on_step, conditioning)
+        return real(pipe, request, *args, **kwargs)
 
     monkeypatch.setattr(runner, "generate", failing)
     out = tmp_path / "out"
@@ -132,3 +132,12 @@ def test_request_key_ignores_placement_and_a_drawn_seed(tmp_path):
     assert base.with_seed().key() == base.key()  # a drawn seed is not part of the identity
     assert base.model_copy(update={"seed": 5}).key() != base.key()
     assert base.model_copy(update={"prompt": "q"}).key() != base.key()
+
+
+def test_speed_flags_reach_the_generation_and_its_record(tmp_path):
+    out = tmp_path / "fast.mp4"
+    args = [*TINY_ARGS, "--prompt", "a robot", "--num_output_frames", "5", "--output_path", str(out)]
+    assert flows_cli.run([*args, "--acceleration", "fast", "--num_steps", "4"]) == 0
+    record = read_sidecar(out)
+    assert record["acceleration"]["guidance_interval"] == [0.25, 0.75]
+    assert record["forwards"] < 2 * 4  # fewer transformer forwards than full CFG on every step
