@@ -32,6 +32,8 @@ TINY_FLAGS: dict[str, Any] = {
     "num_steps": 2,
     "device": "cpu",
 }
+# The same as command-line flags, frame count left to each test.
+TINY_ARGS = [f"--{key}={value}" for key, value in TINY_FLAGS.items() if key != "num_output_frames"]
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -10,7 +10,7 @@ from cosmos_pipeline import cli, loading
 from cosmos_pipeline.request import GenerationRequest
 from cosmos_pipeline.sidecar import read_sidecar
 from flows import cli as flows_cli
-from tests.conftest import ASSETS
+from tests.conftest import ASSETS, TINY_ARGS
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
@@ -20,20 +20,6 @@ def tracking(monkeypatch, tracked):
     for key in ("tracking_uri", "artifact_root", "experiment"):
         monkeypatch.setenv(f"COSMOS_{key.upper()}", tracked[key])
     return tracked
-
-
-TINY_ARGS = [
-    "--model_id",
-    "embedded:tiny",
-    "--height",
-    "64",
-    "--width",
-    "112",
-    "--num_steps",
-    "2",
-    "--device",
-    "cpu",
-]
 
 
 def write_jsonl(path, rows):

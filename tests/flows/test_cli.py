@@ -12,20 +12,7 @@ import pytest
 from cosmos_pipeline import cli, loading
 from cosmos_pipeline.media import read_video
 from flows import cli as flows_cli
-from tests.conftest import ASSETS, REPO
-
-TINY_ARGS = [
-    "--model_id",
-    "embedded:tiny",
-    "--height",
-    "64",
-    "--width",
-    "112",
-    "--num_steps",
-    "2",
-    "--device",
-    "cpu",
-]
+from tests.conftest import ASSETS, REPO, TINY_ARGS
 
 
 @pytest.fixture
