@@ -49,11 +49,11 @@ def test_out_of_memory_says_what_to_do_and_the_process_keeps_serving(
 
     real, calls = tasks.generate.generate_request, []
 
-    def out_of_memory_once(pipe, request, on_step=None):
+    def out_of_memory_once(pipe, request, on_step=None, options=None):
         calls.append(request.name)
         if len(calls) == 1:  # what torch raises when a CUDA allocation fails
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB (simulated)")
-        return real(pipe, request, on_step)
+        return real(pipe, request, on_step, options)
 
     monkeypatch.setattr(tasks.generate, "generate_request", out_of_memory_once)
     output = Path(tracked["output_dir"]) / "first.mp4"
