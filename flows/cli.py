@@ -104,6 +104,15 @@ def main() -> None:
     sys.exit(run())
 
 
+def profile_settings(profile: str | None) -> Settings | None:
+    """The profile's settings, or None once the reason they cannot be loaded is printed."""
+    try:
+        return load_settings(profile)
+    except InputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return None
+
+
 def evaluate(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="cosmos-evaluate", description="Run an evaluation suite as a flow.")
     parser.add_argument(
@@ -111,10 +120,8 @@ def evaluate(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--profile", help="settings profile (configs/<profile>.toml)")
     args = parser.parse_args(argv)
-    try:
-        settings = load_settings(args.profile)
-    except InputError as error:
-        print(f"error: {error}", file=sys.stderr)
+    settings = profile_settings(args.profile)
+    if settings is None:
         return EXIT_INPUT
     prefect_defaults()
     from flows.evaluate import evaluate as evaluate_flow
@@ -153,10 +160,8 @@ def sync(argv: Sequence[str] | None = None) -> int:
         "--unfinished", action="store_true", help="also upload runs that never finished, marked KILLED"
     )
     args = parser.parse_args(argv)
-    try:
-        settings = load_settings(args.profile)
-    except InputError as error:
-        print(f"error: {error}", file=sys.stderr)
+    settings = profile_settings(args.profile)
+    if settings is None:
         return EXIT_INPUT
     from tasks.scrub import scrub
     from tasks.spool import server_reachable, spool_root, sync_spool

@@ -14,7 +14,7 @@ from cosmos_pipeline.request import GenerationRequest
 from cosmos_pipeline.settings import Settings
 from cosmos_pipeline.sidecar import read_sidecar
 from tasks.resolve import resolve_settings
-from tasks.run import run_generation
+from tasks.run import Job, run_generation
 from tasks.scrub import install_log_scrubber, scrub
 from tasks.spool import sync_spool
 from tasks.track import end_run, fail_run, open_run, prefect_tags, record_validation_failure
@@ -89,7 +89,7 @@ def generate_tracked(
     sidecar = {"mlflow_run_id": run_id, "mlflow_tracking_uri": scrub(settings.tracking_uri), **prefect_tags()}
     generate = generate_on_warm_worker if settings.warm_workers else run_generation
     try:
-        return {**generate(request, settings, validation, context, sidecar), "reused": False}
+        return {**generate(Job(request, settings, validation, context, sidecar)), "reused": False}
     except Exception as error:
         fail_run(settings, run_id, error)
         raise

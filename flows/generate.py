@@ -13,6 +13,10 @@ from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
 from cosmos_pipeline.bundle import already_done
+from cosmos_pipeline.errors import InputError
+from cosmos_pipeline.policy import check_paths
+from cosmos_pipeline.request import GenerationRequest
+from cosmos_pipeline.settings import Settings
 from flows.common import existing_record, generate_tracked, start, validated
 from tasks.resolve import resolve_rows
 
@@ -25,6 +29,16 @@ def run_name() -> str:
     parameters = flow_run.parameters
     source = parameters.get("input_path") or (parameters.get("overrides") or {}).get("name") or "prompt"
     return f"generate-{Path(str(source)).stem}"
+
+
+def reusable(request: GenerationRequest, settings: Settings) -> bool:
+    """The output exists for the same request key, and the request may touch it (checked first: the key
+    reads the input, the check reads the output's sidecar), and no new one was asked for."""
+    try:
+        check_paths(request, settings.policy)
+    except InputError:
+        return False  # validation reports it
+    return not request.overwrite and already_done(request)
 
 
 @flow(name="generate", flow_run_name=run_name)
@@ -62,7 +76,7 @@ def generate(
             return found
         kept = []
         for row in found:
-            if row.request is not None and not row.request.overwrite and already_done(row.request):
+            if row.request is not None and reusable(row.request, config):
                 done.append(existing_record(row.request))
             else:
                 kept.append(row)

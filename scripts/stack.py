@@ -27,6 +27,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from tasks.scrub import scrub
+
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 POOL = "cosmos-gpu"
@@ -42,7 +44,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--host", default="127.0.0.1", help="where the servers listen (default: loopback)")
     parser.add_argument("--prefect-port", type=int, default=4200)
     parser.add_argument("--mlflow-port", type=int, default=5000)
-    parser.add_argument("--backend-store-uri", help="MLflow's store (default: sqlite:///<dir>/mlflow.db)")
+    parser.add_argument(
+        "--backend-store-uri",
+        help="MLflow's store, e.g. postgresql://mlflow@db/mlflow (default: MLFLOW_BACKEND_STORE_URI, else "
+        "sqlite:///<dir>/mlflow.db); keep passwords in ~/.pgpass or PGPASSWORD, not here",
+    )
     parser.add_argument("--artifacts-destination", help="MLflow's artifact root (default: <dir>/mlartifacts)")
     parser.add_argument("--gpus", default="auto", help="workers to start, one per GPU: a count, or auto")
     parser.add_argument(
@@ -66,7 +72,11 @@ def running(args: argparse.Namespace, name: str) -> int | None:
         os.kill(pid, 0)
     except (OSError, ValueError):
         return None
-    return pid
+    try:  # an exited service nobody reaped (no init in a container) is a zombie: not running
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return pid
+    return None if state == "Z" else pid
 
 
 def spawn(args: argparse.Namespace, name: str, command: list[str], env: dict[str, str]) -> None:
@@ -81,7 +91,7 @@ def spawn(args: argparse.Namespace, name: str, command: list[str], env: dict[str
         command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
     )
     pid_file(args, name).write_text(str(process.pid))
-    print(f"  {name}: started (pid {process.pid}): {' '.join(command)}")
+    print(f"  {name}: started (pid {process.pid}): {scrub(' '.join(command))}")
 
 
 def stop(args: argparse.Namespace, name: str, grace_s: float = 10) -> None:
@@ -105,19 +115,27 @@ def with_group(pid: int, sig: signal.Signals) -> None:
 
 
 def run(command: list[str], env: dict[str, str]) -> None:
-    print(f"  $ {' '.join(command)}")
+    print(f"  $ {scrub(' '.join(command))}")
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
     if done.returncode != 0:
         sys.exit(f"failed ({done.returncode}): {' '.join(command)}\n{done.stdout}{done.stderr}")
 
 
-def wait_for(what: str, check, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
+def wait_for(args: argparse.Namespace, what: str, check, services: list[str]) -> None:
+    """Until `check()` holds; stop at once, with the end of its log, if one of `services` exits."""
+    deadline = time.monotonic() + args.timeout
     while time.monotonic() < deadline:
         if check():
             return
+        for name in services:
+            if running(args, name) is None:
+                log = (args.dir / "logs" / f"{name}.log").read_text(errors="replace").splitlines()
+                sys.exit(
+                    f"{what}: {name} exited. The end of {args.dir / 'logs' / name}.log:\n"
+                    + "\n".join(log[-15:])
+                )
         time.sleep(0.5)
-    sys.exit(f"{what} not ready after {timeout:.0f} s; see the logs in the stack folder")
+    sys.exit(f"{what} not ready after {args.timeout:.0f} s; see the logs in {args.dir / 'logs'}")
 
 
 def http_ok(url: str, body: dict | None = None) -> object | None:
@@ -217,17 +235,22 @@ def ensure_zombie_automation(prefect_api: str) -> None:
 def up(args: argparse.Namespace) -> None:
     env = environment(args)
     prefect_api, tracking = urls(args)
-    backend = args.backend_store_uri or f"sqlite:///{(args.dir / 'mlflow.db').resolve()}"
+    backend = (
+        args.backend_store_uri
+        or os.environ.get("MLFLOW_BACKEND_STORE_URI")
+        or f"sqlite:///{(args.dir / 'mlflow.db').resolve()}"
+    )
     artifacts = args.artifacts_destination or str((args.dir / "mlartifacts").resolve())
     args.dir.mkdir(parents=True, exist_ok=True)
     print(f"stack in {args.dir}:")
     spawn(args, "prefect-server", [str(BIN / "prefect"), "server", "start", "--host", args.host,
                                    "--port", str(args.prefect_port)], env)  # fmt: skip
-    spawn(args, "mlflow-server", [str(BIN / "mlflow"), "server", "--host", args.host, "--port",
-                                  str(args.mlflow_port), "--backend-store-uri", backend,
-                                  "--artifacts-destination", artifacts, "--workers", "1"], env)  # fmt: skip
-    wait_for("Prefect server", lambda: http_ok(f"{prefect_api}/health") is not None, args.timeout)
-    wait_for("MLflow server", lambda: http_ok(f"{tracking}/health") is not None, args.timeout)
+    # The store URI goes in the environment, not the command line: a database password stays out of `ps`.
+    mlflow = [str(BIN / "mlflow"), "server", "--host", args.host, "--port", str(args.mlflow_port),
+              "--artifacts-destination", artifacts, "--workers", "1"]  # fmt: skip
+    spawn(args, "mlflow-server", mlflow, {**env, "MLFLOW_BACKEND_STORE_URI": backend})
+    wait_for(args, "Prefect server", lambda: http_ok(f"{prefect_api}/health") is not None, ["prefect-server"])
+    wait_for(args, "MLflow server", lambda: http_ok(f"{tracking}/health") is not None, ["mlflow-server"])
 
     run([str(BIN / "prefect"), "work-pool", "create", POOL, "--type", "process", "--overwrite"], env)
     run([str(BIN / "prefect"), "--no-prompt", "deploy", "--all"], env)
@@ -242,10 +265,13 @@ def up(args: argparse.Namespace) -> None:
         if not args.cold:
             spawn(args, f"warm-{index}", [str(BIN / "cosmos-worker")], pinned)
     count = max(gpus, 1)
-    wait_for("process workers", lambda: online_workers(prefect_api) >= count, args.timeout)
+    workers = [f"worker-{index}" for index in range(count)]
+    wait_for(args, "process workers", lambda: online_workers(prefect_api) >= count, workers)
     if not args.cold:
         listening = lambda: len(http_ok(f"{prefect_api}/task_workers/filter", {}) or [])  # noqa: E731
-        wait_for("warm workers", lambda: listening() >= count, args.timeout)
+        wait_for(
+            args, "warm workers", lambda: listening() >= count, [f"warm-{index}" for index in range(count)]
+        )
     print(f"\nPrefect UI: {prefect_api.removesuffix('/api')}   MLflow UI: {tracking}")
     print(f'Use it from this shell: eval "$({sys.executable} {Path(__file__).relative_to(REPO)} env)"')
 

@@ -146,8 +146,9 @@ def out_of_memory_message(request: GenerationRequest, device: str, detail: str) 
         f"{request.name}: out of GPU memory on {device} generating {request.num_frames} frames at "
         f"{request.height}x{request.width} ({first}). "
         "Nothing was written and this worker stays usable. Next step: a smaller --resolution (480p) or "
-        "fewer --num_output_frames; --device_map balanced to shard the model over several GPUs; or the "
-        "low-memory plan (text encoder offload, tiled VAE decode, model CPU offload)."
+        "fewer --num_output_frames; --device_map balanced to shard the model over several GPUs; or less "
+        "memory: --acceleration low-memory (model CPU offload + tiled VAE), --offload text_encoder, "
+        "--vae_tiling on, --memory_budget_gib (a deployment: settings={'acceleration': {...}})."
     )
 
 

@@ -1,9 +1,10 @@
 """Resolve the layered settings of a run (defaults < configs/<profile>.toml < COSMOS_* < explicit).
 
 Parameters of a deployment run come from whoever can trigger it (the UI, the API, an event), so they
-are untrusted: they may pick a profile by name and set the experiment names and request defaults,
-but what the run may read and write, where it tracks and how it uses the GPUs stay those of the
-worker's own environment (its COSMOS_PROFILE, e.g. `production`, and COSMOS_* variables).
+are untrusted: they may pick a profile by name and set the experiment names, request defaults and
+acceleration options, but what the run may read and write, where it tracks, its retries and GPU
+slots stay those of the worker's own environment (its COSMOS_PROFILE, e.g. `production`, and
+COSMOS_* variables).
 """
 
 import re
@@ -17,8 +18,9 @@ from cosmos_pipeline.errors import InputError
 from cosmos_pipeline.settings import Settings, load_settings, request_rows
 from tasks.scrub import scrub
 
-# What an untrusted caller may choose; everything else is the operator's.
-CALLER_KEYS = frozenset({"experiment", "eval_experiment", "request"})
+# What an untrusted caller may choose (names, request defaults, speed and memory options for its own
+# generations); everything else is the operator's.
+CALLER_KEYS = frozenset({"experiment", "eval_experiment", "request", "acceleration"})
 PROFILE_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 

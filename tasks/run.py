@@ -4,6 +4,7 @@ The flows call it directly, and a warm worker (`tasks.warm`) calls it for them; 
 small record it returns leaves the process (frames never do).
 """
 
+from dataclasses import dataclass
 from typing import Any
 
 from cosmos_pipeline.request import GenerationRequest
@@ -14,27 +15,36 @@ from tasks.track import log_generation, worker_name
 from tasks.validate import ValidationReport
 
 
-def run_generation(
-    request: GenerationRequest,
-    settings: Settings,
-    validation: ValidationReport,
-    context: dict[str, Any],
-    sidecar: dict[str, Any],
-) -> dict[str, Any]:
-    """Generate `request` and track it in the MLflow run `sidecar["mlflow_run_id"]`; returns its record.
+@dataclass(frozen=True)
+class Job:
+    """A validated request with its open MLflow run: what a flow hands over to be generated.
 
     `sidecar` is what the flow adds to the output's sidecar (the run id, the Prefect flow run).
     """
-    run_id = sidecar["mlflow_run_id"]
+
+    request: GenerationRequest
+    settings: Settings
+    validation: ValidationReport
+    context: dict[str, Any]
+    sidecar: dict[str, Any]
+
+    @property
+    def run_id(self) -> str:
+        return self.sidecar["mlflow_run_id"]
+
+
+def run_generation(job: Job) -> dict[str, Any]:
+    """Generate `job.request` and track it in the job's MLflow run; returns its record."""
+    settings = job.settings
     generate = generate_video.with_options(
         retries=settings.retries, retry_delay_seconds=settings.retry_delay_s
     )
-    generation = generate(request, settings)
-    post = postprocess_output(generation, sidecar)
-    log_generation(settings, run_id, generation, post, validation, context)
+    generation = generate(job.request, settings)
+    post = postprocess_output(generation, job.sidecar)
+    log_generation(settings, job.run_id, generation, post, job.validation, job.context)
     return {
-        "name": request.name,
-        "run_id": run_id,
+        "name": job.request.name,
+        "run_id": job.run_id,
         "output_path": str(post.output_path),
         "seed": generation.result.seed,
         "gate_passed": post.gate_passed,

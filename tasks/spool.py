@@ -206,7 +206,8 @@ def create_run(settings: Settings, experiment: str, run_name: str, tags: dict[st
 class RunWriter:
     """The writes of one run: live while the server answers, spooled from the first write it does not.
 
-    Everything written is scrubbed of secrets first (`tasks.scrub`).
+    Methods are MlflowClient's, without the run id. What is written is scrubbed of secrets first
+    (`tasks.scrub`); files logged as they are (outputs, sidecars, input media) are the caller's to keep clean.
     """
 
     def __init__(self, settings: Settings, run_id: str) -> None:
@@ -242,7 +243,7 @@ class RunWriter:
                 )
         spool(self.journal)
 
-    def log(self, params=None, metrics: list[Metric] | None = None, tags=None) -> None:
+    def log_batch(self, params=None, metrics: list[Metric] | None = None, tags=None) -> None:
         params, tags = scrub_mapping(params or {}), scrub_mapping(tags or {})
         metrics = metrics or []
         self._write(
@@ -257,10 +258,7 @@ class RunWriter:
             ),
         )
 
-    def set_tag(self, key: str, value: str) -> None:
-        self.log(tags={key: value})
-
-    def artifact(self, path: Path, artifact_path: str | None = None) -> None:
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         def spool(journal: Journal) -> None:
             copy = journal.new_file(Path(path).name)
             shutil.copy2(path, copy)
@@ -270,17 +268,17 @@ class RunWriter:
 
         self._write(lambda client: client.log_artifact(self.run_id, str(path), artifact_path), spool)
 
-    def text(self, text: str, artifact_file: str) -> None:
+    def log_text(self, text: str, artifact_file: str) -> None:
         """A text artifact (scrubbed), written through a temporary file either way."""
         with tempfile.TemporaryDirectory() as directory:
             path = Path(directory) / Path(artifact_file).name
             path.write_text(scrub(text), encoding="utf-8")
-            self.artifact(path, str(Path(artifact_file).parent) if "/" in artifact_file else None)
+            self.log_artifact(path, str(Path(artifact_file).parent) if "/" in artifact_file else None)
 
-    def dict(self, data: dict[str, Any], artifact_file: str) -> None:
-        self.text(json.dumps(scrub_value(data), indent=2, default=str), artifact_file)
+    def log_dict(self, data: dict[str, Any], artifact_file: str) -> None:
+        self.log_text(json.dumps(scrub_value(data), indent=2, default=str), artifact_file)
 
-    def table(self, frame: pd.DataFrame, artifact_file: str) -> None:
+    def log_table(self, frame: pd.DataFrame, artifact_file: str) -> None:
         def spool(journal: Journal) -> None:
             copy = journal.new_file(Path(artifact_file).name)
             frame.to_json(copy, orient="split", index=False)
@@ -290,7 +288,7 @@ class RunWriter:
 
         self._write(lambda client: client.log_table(self.run_id, frame, artifact_file), spool)
 
-    def image(self, frame: np.ndarray, key: str, step: int) -> None:
+    def log_image(self, frame: np.ndarray, key: str, step: int) -> None:
         timestamp = now_ms()
 
         def spool(journal: Journal) -> None:
@@ -306,7 +304,7 @@ class RunWriter:
             spool,
         )
 
-    def terminate(self, status: str) -> None:
+    def set_terminated(self, status: str) -> None:
         end = now_ms()
         self._write(
             lambda client: client.set_terminated(self.run_id, status, end),

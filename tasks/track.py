@@ -42,14 +42,11 @@ from tasks.scrub import scrub, scrub_value
 from tasks.spool import (
     RunWriter,
     create_run,
-    experiment_id,
     mlflow_client,
     server_reachable,
     unreachable,
 )
 from tasks.validate import ValidationReport, write_report
-
-__all__ = ["experiment_id", "mlflow_client"]  # re-exported for the flows' read side
 
 PARAM_CHARS = 500  # long prompts are cut in params (the full text is the prompt.txt artifact)
 PARENT_TAG = "mlflow.parentRunId"
@@ -166,7 +163,7 @@ def _start(
     if parent_run_id is not None:
         all_tags[PARENT_TAG] = parent_run_id
     run_id = create_run(settings, experiment or settings.experiment, run_name, all_tags)
-    RunWriter(settings, run_id).log(params={**(params or {}), **environment_params()})
+    RunWriter(settings, run_id).log_batch(params={**(params or {}), **environment_params()})
     get_run_logger().info("MLflow run %s (%s) in %s", run_id, run_name, scrub(settings.tracking_uri))
     return run_id
 
@@ -279,7 +276,7 @@ def _take_over(settings: Settings, run: Run, request: GenerationRequest, flow_ru
             client.delete_tag(run_id, key)
     attempts = int(run.data.tags.get("attempts", "1")) + 1
     params = {**request_params(request), **environment_params()}
-    RunWriter(settings, run_id).log(
+    RunWriter(settings, run_id).log_batch(
         params={key: value for key, value in params.items() if key not in run.data.params},
         tags={**prefect_tags(), "attempts": str(attempts), "previous_flow_run": run.data.tags.get(
             "prefect.flow_run_id", "")},
@@ -351,36 +348,37 @@ def log_generation(
     )
     if request.input_path is not None:
         tags["input_sha256"] = content_hash(request.input_path)
-    writer.log(params=params, metrics=generation_metrics(generation, post), tags=tags)
+    writer.log_batch(params=params, metrics=generation_metrics(generation, post), tags=tags)
 
-    writer.artifact(post.output_path, "output")
-    writer.artifact(post.sidecar_path, "output")
+    writer.log_artifact(post.output_path, "output")
+    writer.log_artifact(post.sidecar_path, "output")
     prompt = f"{request.prompt}\n\nnegative prompt:\n{request.negative_prompt or '(the pipeline default)'}\n"
-    writer.text(prompt, "prompt.txt")
-    writer.dict(_config(settings, request, context), "config.json")
-    writer.dict(validation.as_json(), "validation/requests.json")
-    writer.dict(post.gate, "validation/frames.json")
-    writer.table(post.frame_stats, "frame_statistics.json")
+    writer.log_text(prompt, "prompt.txt")
+    writer.log_dict(_config(settings, request, context), "config.json")
+    writer.log_dict(validation.as_json(), "validation/requests.json")
+    writer.log_dict(post.gate, "validation/frames.json")
+    writer.log_table(post.frame_stats, "frame_statistics.json")
     if (
         request.input_path is not None
         and request.input_path.stat().st_size <= settings.max_input_artifact_mb * 2**20
     ):
-        writer.artifact(request.input_path, "input")
+        writer.log_artifact(request.input_path, "input")
     for index, frame in post.keyframes:
-        writer.image(frame, key="keyframes", step=index)
-    writer.terminate("FINISHED")
+        writer.log_image(frame, key="keyframes", step=index)
+    writer.set_terminated("FINISHED")
 
 
 def _record_error(writer: RunWriter, error: BaseException) -> None:
-    writer.log(tags={"error": _cut(f"{type(error).__name__}: {error}"), "error_type": type(error).__name__})
-    writer.text("".join(traceback.format_exception(type(error), error, error.__traceback__)), "error.txt")
+    kind = type(error).__name__
+    writer.log_batch(tags={"error": _cut(f"{kind}: {error}"), "error_type": kind})
+    writer.log_text("".join(traceback.format_exception(type(error), error, error.__traceback__)), "error.txt")
 
 
 def end_run(settings: Settings, run_id: str, error: BaseException) -> None:
     """Record why a run did not finish: FAILED for an error, KILLED when its process was stopped."""
     writer = RunWriter(settings, run_id)
     _record_error(writer, error)
-    writer.terminate("FAILED" if isinstance(error, Exception) else "KILLED")
+    writer.set_terminated("FAILED" if isinstance(error, Exception) else "KILLED")
 
 
 @task(name="fail-run", cache_policy=NONE, persist_result=False)
@@ -402,16 +400,16 @@ def record_validation_failure(
     tags = {"mode": "validation", "asset": str(context.get("input_path") or "batch"), **prefect_tags()}
     run_id = create_run(settings, experiment or settings.experiment, "validation", tags)
     writer = RunWriter(settings, run_id)
-    writer.log(
+    writer.log_batch(
         params={"rows": str(report.rows), "failed_rows": _cut(report.failed_rows), **environment_params()},
         metrics=[Metric("validation/failed_rows", len(report.failed_rows), int(time.time() * 1000), 0)],
     )
     with tempfile.TemporaryDirectory() as directory:
         for path in write_report(report, Path(directory)):
-            writer.artifact(path, "validation")
-    writer.dict({"settings": settings.model_dump(mode="json"), "flow": context}, "config.json")
+            writer.log_artifact(path, "validation")
+    writer.log_dict({"settings": settings.model_dump(mode="json"), "flow": context}, "config.json")
     _record_error(writer, error)
-    writer.terminate("FAILED")
+    writer.set_terminated("FAILED")
     return run_id
 
 
@@ -530,15 +528,15 @@ def log_evaluation(
                 raise
     table = summary_table(runs)
     report = evaluation_markdown(suite, parent_run_id, table, comparisons, loads)
-    writer.table(table, "summary.json")
-    writer.text(report, "report.md")
+    writer.log_table(table, "summary.json")
+    writer.log_text(report, "report.md")
     for path in comparisons:
-        writer.artifact(path, "comparison")
+        writer.log_artifact(path, "comparison")
     now = int(time.time() * 1000)
     metrics = [Metric(f"pipeline_loads/{label}", count, now, 0) for label, count in loads.items()]
     metrics += [Metric("cases", len(table), now, 0), Metric("failed_cases", failed, now, 0)]
-    writer.log(metrics=metrics)
-    writer.terminate("FAILED" if failed else "FINISHED")
+    writer.log_batch(metrics=metrics)
+    writer.set_terminated("FAILED" if failed else "FINISHED")
     create_markdown_artifact(key="evaluation-report", markdown=report, description=f"evaluation {suite}")
     create_table_artifact(
         key="evaluation-summary", table=table.astype(object).where(table.notna(), None).to_dict("records")

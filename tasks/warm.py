@@ -3,7 +3,7 @@
 A process worker starts a new Python process per flow run, so every triggered request would load
 the model again (minutes for the 14B). With `warm_workers` on, the flow hands each generation to a
 Prefect task worker (`cosmos-worker`, one per GPU, pinned with CUDA_VISIBLE_DEVICES) with
-`generate_on_worker.delay(...)`. The worker's process keeps `PIPELINES` loaded, writes the output
+`generate_on_worker.delay(job)`. The worker's process keeps `PIPELINES` loaded, writes the output
 and its sidecar, tracks the run, and returns the small record (frames never leave it). Parameters
 and results travel through Prefect's result storage: a local folder on one host
 (PREFECT_RESULTS_LOCAL_STORAGE_PATH, shared by the flow runs and the workers); several hosts need a
@@ -24,6 +24,7 @@ import contextlib
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from typing import Any
 
 from prefect import get_run_logger, task
@@ -37,12 +38,11 @@ from prefect.states import Crashed
 from prefect.task_worker import TaskWorker
 from prefect.variables import Variable
 
-from cosmos_pipeline.request import GenerationRequest
 from cosmos_pipeline.settings import Settings
-from tasks.run import run_generation
+from cosmos_pipeline.sidecar import read_sidecar
+from tasks.run import Job, run_generation
 from tasks.scrub import install_log_scrubber
 from tasks.track import worker_name
-from tasks.validate import ValidationReport
 
 HEARTBEAT_S = 5.0  # settings.warm_lost_after_s (>= 15 s: three beats) of silence means the worker is gone
 POLL_S = 2.0
@@ -96,21 +96,15 @@ def task_run_key(context, parameters: dict[str, Any]) -> str:
 
 @task(
     name="generate-on-worker",
-    task_run_name="warm-{request.name}",
+    task_run_name="warm-{job.request.name}",
     cache_key_fn=task_run_key,  # not NONE: a task worker replaces "no cache" with input caching
 )
-def generate_on_worker(
-    request: GenerationRequest,
-    settings: Settings,
-    validation: ValidationReport,
-    context: dict[str, Any],
-    sidecar: dict[str, Any],
-) -> dict[str, Any]:
+def generate_on_worker(job: Job) -> dict[str, Any]:
     """`run_generation` in the warm worker's process, beating while it runs."""
     from prefect.runtime import task_run
 
     with heartbeat(task_run.id):
-        return run_generation(request, settings, validation, context, sidecar)
+        return run_generation(job)
 
 
 # ----------------------------------------------------------------------------- the flow's side
@@ -166,25 +160,23 @@ def await_worker(future: PrefectDistributedFuture, settings: Settings) -> dict[s
                 ))  # fmt: skip
 
 
-def generate_on_warm_worker(
-    request: GenerationRequest,
-    settings: Settings,
-    validation: ValidationReport,
-    context: dict[str, Any],
-    sidecar: dict[str, Any],
-) -> dict[str, Any]:
+def generate_on_warm_worker(job: Job) -> dict[str, Any]:
     """Hand the generation to a warm worker and wait; a lost worker's generation is submitted again."""
-    logger = get_run_logger()
-    for attempt in range(settings.retries + 1):
-        future = generate_on_worker.delay(request, settings, validation, context, sidecar)
-        logger.info("%s: handed to a warm worker (task run %s)", request.name, future.task_run_id)
+    logger, name, retries = get_run_logger(), job.request.name, job.settings.retries
+    for attempt in range(retries + 1):
+        future = generate_on_worker.delay(job)
+        logger.info("%s: handed to a warm worker (task run %s)", name, future.task_run_id)
         try:
-            return await_worker(future, settings)
+            return await_worker(future, job.settings)
         except WorkerLostError as error:
-            if attempt == settings.retries:
+            if attempt == retries:
                 raise
-            logger.warning("%s: %s; submitting it again (%d of %d)", request.name, error, attempt + 1,
-                           settings.retries)  # fmt: skip
+            logger.warning("%s: %s; submitting it again (%d of %d)", name, error, attempt + 1, retries)
+            output = job.request.output_path
+            assert output is not None
+            written = read_sidecar(output) if output.exists() else None
+            if written is not None and written.get("mlflow_run_id") == job.run_id:  # the lost attempt's own
+                job = replace(job, request=job.request.model_copy(update={"overwrite": True}))
     raise AssertionError("unreachable")
 
 

@@ -39,7 +39,7 @@ def wait_until(check, what: str, timeout: float = 120) -> None:
     while not check():
         if time.monotonic() > deadline:
             raise AssertionError(f"{what} did not happen within {timeout:.0f} s")
-        time.sleep(0.3)
+        time.sleep(0.5)
 
 
 def http_ok(url: str) -> bool:
@@ -93,7 +93,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, embedded_cache: Path) -> Ite
     inputs, outputs = root / "inputs", root / "outputs"
     inputs.mkdir()
     prefect_port, mlflow_port = free_port(), free_port()
-    env = {key: value for key, value in os.environ.items() if not key.startswith("PREFECT_")}
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("PREFECT_", "COSMOS_"))}
     env |= {
         "COSMOS_CACHE_DIR": str(embedded_cache),
         "COSMOS_POLICY__INPUT_ROOTS": json.dumps([str(inputs), str(ASSETS)]),
@@ -103,6 +103,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, embedded_cache: Path) -> Ite
         "COSMOS_RETRIES": "1",
         "COSMOS_RETRY_DELAY_S": "0",
         "COSMOS_WARM_LOST_AFTER_S": "15",  # the least allowed: three missed beats
+        "PREFECT_WORKER_QUERY_SECONDS": "1",  # pick triggered runs up sooner than the default 10 s
     }
     folder = root / "state"
     command = [sys.executable, str(STACK_SCRIPT), "--dir", str(folder), "--prefect-port", str(prefect_port),

@@ -1,7 +1,7 @@
 """Faults inside a long-lived generating process (a warm worker, here this test process): out of GPU
 memory, a disk that fills up while writing, an output folder that cannot be written. Each is reported
 with what to do, leaves no file behind and a FAILED tracked run, and the next run in the same process
-works with the pipeline still loaded.
+works with the pipeline still loaded. And an attempt that was killed is continued, not duplicated.
 """
 
 import errno
@@ -11,10 +11,14 @@ import pytest
 import torch
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+from prefect.states import Crashed, Running
 
 from cosmos_pipeline.loading import PIPELINES
+from cosmos_pipeline.settings import load_settings, request_rows
 from flows.generate import generate
 from tasks.postprocess import OutputWriteError
+from tasks.spool import experiment_id
+from tasks.track import KEY_TAG, DuplicateRequestError
 from tests.conftest import ASSETS, TINY_FLAGS
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
@@ -71,7 +75,7 @@ def test_out_of_memory_says_what_to_do_and_the_process_keeps_serving(
         "Next step: a smaller --resolution (480p) or fewer --num_output_frames; --device_map balanced"
         in message
     )
-    assert "low-memory plan" in message and "this worker stays usable" in message
+    assert "--acceleration low-memory" in message and "this worker stays usable" in message
     assert error.__context__ is None and error.__cause__ is None  # the failed step's tensors are not held
     assert generate_attempts(state.state_details.flow_run_id) == 1  # OOM is never retried
     failed = only_run(mlflow_client, tracked)
@@ -145,3 +149,46 @@ def test_unwritable_output_folder_is_refused_before_any_generation(tracked, mlfl
     failed = only_run(mlflow_client, tracked)
     assert failed.info.status == "FAILED" and failed.data.tags["mode"] == "validation"
     assert blocker.read_text() == "a file where the output folder should be"
+
+
+def test_a_retry_takes_over_the_interrupted_run_and_a_duplicate_in_progress_is_refused(
+    tracked, mlflow_client, tmp_path
+) -> None:
+    """An attempt killed mid-run (worker SIGKILLed: its run stays RUNNING, or was marked KILLED) is continued
+    by the next attempt in the same MLflow run, with the seed it had drawn; while its flow run is alive,
+    a second trigger of the same request is refused instead of generating it twice."""
+    output = tmp_path / "outputs" / "clip.mp4"
+    explicit = {**TINY_FLAGS, "output_path": str(output), "input_path": str(ASSETS / "text2world.json")}
+    settings = load_settings(None, **tracked)
+    [row] = request_rows(explicit, settings)
+    experiment = experiment_id(mlflow_client, tracked["experiment"], settings)
+    with get_client(sync_client=True) as client:  # the interrupted attempt's flow run, still "running"
+        owner = client.create_flow_run(generate, state=Running())
+    interrupted = mlflow_client.create_run(
+        experiment,
+        tags={KEY_TAG: row.request.key(), "prefect.flow_run_id": str(owner.id)},
+        run_name="clip",
+    ).info.run_id
+    mlflow_client.log_param(interrupted, "output_path", str(output))
+    mlflow_client.log_param(interrupted, "seed", "1234")  # drawn by the interrupted attempt
+
+    def again():
+        overrides = {**TINY_FLAGS, "output_path": str(output)}
+        return generate(
+            input_path=explicit["input_path"], overrides=overrides, settings=tracked, return_state=True
+        )
+
+    state = again()
+    assert state.is_failed() and isinstance(state.result(raise_on_failure=False), DuplicateRequestError)
+    assert "is being generated now by flow run" in str(state.result(raise_on_failure=False))
+    assert not output.exists()
+
+    with get_client(sync_client=True) as client:  # the worker died: Prefect marks its flow run crashed
+        client.set_flow_run_state(owner.id, Crashed(message="worker killed"), force=True)
+    state = again()
+    assert state.is_completed(), state
+    [record] = state.result()
+    assert record["run_id"] == interrupted and record["seed"] == 1234 and output.is_file()
+    [run] = mlflow_client.search_runs([experiment], f"tags.{KEY_TAG} = '{row.request.key()}'")
+    assert run.info.run_id == interrupted and run.info.status == "FINISHED"
+    assert run.data.tags["attempts"] == "2" and run.data.tags["previous_flow_run"] == str(owner.id)

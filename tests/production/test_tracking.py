@@ -102,7 +102,7 @@ def test_server_down_the_run_is_spooled_and_cosmos_sync_uploads_it(mlflow_server
     [run] = client.search_runs([client.get_experiment_by_name("spool-down").experiment_id])
     assert run.info.start_time == ops[0]["start_time"] and run.info.end_time == ops[-1]["end_time"]
     assert_complete(client, run.info.run_id, output)
-    assert not journal.parent.exists() and "0 run(s) uploaded" in cosmos_sync(env).stdout
+    assert not journal.parent.exists()
 
 
 def test_server_lost_mid_run_the_rest_is_spooled_and_the_next_flow_run_syncs_it(
