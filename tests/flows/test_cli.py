@@ -104,12 +104,21 @@ def test_seed_script_runs_and_reruns_pixel_identically(tmp_path, tracked, mlflow
         "--seed",
         "5",
     ]
-    for name in ("a.mp4", "b.mp4"):
-        done = subprocess.run(
-            [*script, *args, "--output_path", str(tmp_path / name)], capture_output=True, text=True, env=env
+    # Two users at once, each with a process and a temporary Prefect server of their own.
+    started = [
+        subprocess.Popen(
+            [*script, *args, "--output_path", str(tmp_path / name)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
         )
-        assert done.returncode == 0, done.stderr
-        assert "MLflow: experiment" in done.stdout
+        for name in ("a.mp4", "b.mp4")
+    ]
+    for process in started:
+        out, err = process.communicate(timeout=600)
+        assert process.returncode == 0, err
+        assert "MLflow: experiment" in out
     first, second = read_video(tmp_path / "a.mp4"), read_video(tmp_path / "b.mp4")
     assert first.shape == (9, 64, 112, 3)
     np.testing.assert_array_equal(first, second)
