@@ -46,8 +46,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--mlflow-port", type=int, default=5000)
     parser.add_argument(
         "--backend-store-uri",
-        help="MLflow's store, e.g. postgresql://mlflow@db/mlflow (default: MLFLOW_BACKEND_STORE_URI, else "
-        "sqlite:///<dir>/mlflow.db); keep passwords in ~/.pgpass or PGPASSWORD, not here",
+        help="MLflow's store, e.g. postgresql+psycopg://mlflow@db/mlflow (default: "
+        "MLFLOW_BACKEND_STORE_URI, else sqlite:///<dir>/mlflow.db); keep passwords in ~/.pgpass, PGPASSWORD "
+        "or MLFLOW_BACKEND_STORE_URI, not here",
     )
     parser.add_argument("--artifacts-destination", help="MLflow's artifact root (default: <dir>/mlartifacts)")
     parser.add_argument("--gpus", default="auto", help="workers to start, one per GPU: a count, or auto")

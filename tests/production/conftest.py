@@ -6,15 +6,18 @@ fixture that started it (by process group), whatever the test did.
 import importlib.util
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import pgserver
 import pytest
 
 from tests.conftest import ASSETS, REPO
@@ -69,6 +72,7 @@ class Stack:
     outputs: Path
     env: dict[str, str]
     command: list[str]
+    started: str = ""  # what `up` printed
 
     def pid(self, service: str) -> int:
         return int((self.folder / "run" / f"{service}.pid").read_text())
@@ -82,12 +86,50 @@ class Stack:
         )
 
 
+# In the stack's MLflow store URI; the database accepts any (trust), so it only has to stay out of sight.
+DB_PASSWORD = "pg-pa55-never-shown"
+
+
+@dataclass
+class Postgres:
+    """A PostgreSQL server (pgserver's bundled binaries, on a Unix socket only) with a `mlflow` database."""
+
+    socket_dir: Path
+
+    def uri(self, password: str = DB_PASSWORD) -> str:
+        """SQLAlchemy's URI for psycopg 3, what the README tells users to pass as the backend store."""
+        return f"postgresql+psycopg://postgres:{password}@/mlflow?host={self.socket_dir}"
+
+    def count(self, table: str) -> int:
+        import psycopg
+
+        with psycopg.connect(host=str(self.socket_dir), user="postgres", dbname="mlflow") as connection:
+            return connection.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+
+
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory, embedded_cache: Path) -> Iterator[Stack]:
-    """Prefect server, MLflow server, work pool, deployments, two process workers and two warm workers.
+def postgres() -> Iterator[Postgres]:
+    # Not under pytest's 0700 temp folders: as root, pgserver runs postgres as its own system user.
+    top = Path(tempfile.mkdtemp(prefix="cosmos-pg-"))
+    server = pgserver.get_server(top / "data", cleanup_mode="delete")
+    try:
+        server.psql("CREATE DATABASE mlflow;")
+        yield Postgres(Path(server.get_postmaster_info().socket_dir))
+    finally:
+        server.cleanup()
+        shutil.rmtree(top, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def stack(
+    tmp_path_factory: pytest.TempPathFactory, embedded_cache: Path, postgres: Postgres
+) -> Iterator[Stack]:
+    """Prefect server, MLflow server on PostgreSQL, work pool, deployments, two process workers and two warm
+    workers.
 
     Two "GPUs" on a CPU machine: each worker pair is pinned to its own CUDA_VISIBLE_DEVICES, and both
-    share this host's CPU slot, so the slot allows two generations at once.
+    share this host's CPU slot, so the slot allows two generations at once. The MLflow store is the
+    multi-user one the README documents, given as users are told to (in the environment).
     """
     root = tmp_path_factory.mktemp("stack")
     inputs, outputs = root / "inputs", root / "outputs"
@@ -104,6 +146,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, embedded_cache: Path) -> Ite
         "COSMOS_RETRY_DELAY_S": "0",
         "COSMOS_WARM_LOST_AFTER_S": "15",  # the least allowed: three missed beats
         "PREFECT_WORKER_QUERY_SECONDS": "1",  # pick triggered runs up sooner than the default 10 s
+        "MLFLOW_BACKEND_STORE_URI": postgres.uri(),
     }
     folder = root / "state"
     command = [sys.executable, str(STACK_SCRIPT), "--dir", str(folder), "--prefect-port", str(prefect_port),
@@ -113,6 +156,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, embedded_cache: Path) -> Ite
     try:
         done = running.script("up")
         assert done.returncode == 0, done.stdout + done.stderr
+        running.started = done.stdout + done.stderr
         yield running
     finally:
         running.script("down", timeout=120)

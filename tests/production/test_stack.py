@@ -4,6 +4,7 @@ GPU workers, tracked on an MLflow server, read back through the Prefect and MLfl
 The tests share one stack (starting it costs ~20 s); the one that kills a warm worker runs last.
 """
 
+import contextlib
 import json
 import os
 import signal
@@ -24,7 +25,7 @@ from cosmos_pipeline.request import GenerationRequest
 from tasks.track import KEY_TAG, PARENT_TAG
 from tests.conftest import ASSETS, REPO
 
-from .conftest import TINY_OVERRIDES, Stack, http_ok, stack_script, wait_until
+from .conftest import DB_PASSWORD, TINY_OVERRIDES, Postgres, Stack, http_ok, stack_script, wait_until
 
 GENERATE, EVALUATE = "generate/generate", "evaluate-variants/evaluate-variants"
 
@@ -258,3 +259,20 @@ def test_a_killed_warm_worker_loses_no_generation(stack: Stack) -> None:
     lost = f"warm worker {victim['worker']} stopped beating"
     wait_until(lambda: lost in flow_logs(stack, flow_run_id), "the lost worker in the flow run's log")
     assert "submitting it again (1 of 1)" in flow_logs(stack, flow_run_id)
+
+
+def test_runs_are_stored_in_postgresql_and_its_password_is_nowhere(stack: Stack, postgres: Postgres) -> None:
+    """The store URI (with a password) reached the MLflow server through its environment: every run the
+    tests above tracked is a row in PostgreSQL, and the password is in no command line, log, printed
+    line or recorded param/tag."""
+    client = MlflowClient(stack.tracking_uri)
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()], max_results=1000)
+    assert len(runs) >= 8 and postgres.count("runs") == len(runs)
+    seen = [stack.started, *(path.read_text(errors="replace") for path in (stack.folder / "logs").glob("*"))]
+    seen += [json.dumps(run.data.params | run.data.tags) for run in runs]
+    groups = {stack.pid(name) for name in ("prefect-server", "mlflow-server", "worker-0", "warm-0")}
+    for proc in Path("/proc").iterdir():
+        with contextlib.suppress(OSError, ValueError):
+            if proc.name.isdigit() and os.getpgid(int(proc.name)) in groups:
+                seen.append((proc / "cmdline").read_bytes().decode(errors="replace"))
+    assert len(seen) > len(runs) + 6 and not [text[:200] for text in seen if DB_PASSWORD in text]
