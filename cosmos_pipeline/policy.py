@@ -9,7 +9,6 @@ with no roots (the user's own files) but the same size limits.
 
 from pathlib import Path
 
-import imageio_ffmpeg
 from PIL import Image
 from pydantic import BaseModel, ConfigDict
 
@@ -78,6 +77,8 @@ def check_media_size(path: Path, policy: Policy) -> None:
         except Exception as error:  # decoding problems are reported by check_media
             raise InputError(f"input media corrupt or not an image: {path}: {error}") from None
     else:
+        import imageio_ffmpeg  # as in media.py: only where a video is read
+
         reader = imageio_ffmpeg.read_frames(str(path))
         try:
             width, height = next(reader)["size"]

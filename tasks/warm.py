@@ -136,6 +136,12 @@ def await_worker(future: PrefectDistributedFuture, settings: Settings) -> dict[s
                 f"a warm worker dropped the generation (task run {future.task_run_id}): it cannot read its "
                 "parameters. Run the workers from the same checkout and version as the flows; see their log"
             ) from None
+        except RuntimeError as error:
+            # Prefect records a task worker's state changes from events, writing the task run and its
+            # state apart: a read in between finds no state ("... has no state ..."). Look again.
+            if "has no state" not in str(error):
+                raise
+            time.sleep(POLL_S)
         with get_client(sync_client=True) as client:
             state = client.read_task_run(future.task_run_id).state
             if state is not None and state.is_final():

@@ -1,0 +1,70 @@
+"""The flow's wait on a warm worker, against a stand-in for Prefect's future and client: the cases a live
+stack hits only under load (tests/production/test_stack.py runs the real thing)."""
+
+from types import SimpleNamespace
+from uuid import uuid4
+
+import pytest
+from prefect.states import Completed, Running
+
+import tasks.warm
+from cosmos_pipeline.settings import load_settings
+from tasks.warm import WorkerLostError, await_worker
+
+
+class Future:
+    """A task run whose reads follow `states`; `wait` says "no state" while the state is None."""
+
+    def __init__(self, states: list) -> None:
+        self.task_run_id, self.states, self.waits = uuid4(), states, 0
+
+    def wait(self, timeout: float) -> None:
+        self.waits += 1
+        if self.states[0] is None:
+            raise RuntimeError(f"Task run {self.task_run_id} has no state which means it hasn't started yet.")
+
+    def result(self) -> dict:
+        return {"name": "clip"}
+
+
+@pytest.fixture
+def client(monkeypatch: pytest.MonkeyPatch):
+    """Each read of the task run takes the future's next state; beats are read from `beats`."""
+    reads = SimpleNamespace(future=None, beats=[])
+
+    class Client:
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc) -> None:
+            pass
+
+        def read_task_run(self, task_run_id):
+            states = reads.future.states
+            return SimpleNamespace(state=states.pop(0) if len(states) > 1 else states[0])
+
+        def read_variable_by_name(self, name):
+            value = reads.beats.pop(0) if len(reads.beats) > 1 else reads.beats[0]
+            return SimpleNamespace(value=value)
+
+        def set_task_run_state(self, task_run_id, state, force=False) -> None:
+            reads.crashed = state
+
+    monkeypatch.setattr(tasks.warm, "get_client", lambda sync_client: Client())
+    monkeypatch.setattr(tasks.warm, "POLL_S", 0.0)
+    return reads
+
+
+def test_a_task_run_read_between_two_states_is_waited_on(client) -> None:
+    client.future = Future([None, Running(), None, Completed()])
+    client.beats = [{"worker": "w", "beat": 1}]
+    assert await_worker(client.future, load_settings("tiny")) == {"name": "clip"}
+
+
+def test_a_worker_whose_beat_stops_is_lost_and_its_task_run_crashed(client) -> None:
+    client.future = Future([Running()])
+    client.beats = [{"worker": "host-1", "beat": 3}]
+    settings = load_settings("tiny").model_copy(update={"warm_lost_after_s": 0.0})
+    with pytest.raises(WorkerLostError, match="warm worker host-1 stopped beating"):
+        await_worker(client.future, settings)
+    assert client.crashed.is_crashed()
