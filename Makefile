@@ -16,7 +16,7 @@ install: $(BIN)/.installed
 
 demo: $(BIN)/.installed
 	$(BIN)/cosmos-generate --model_id embedded:tiny --input_path assets/text2world.json \
-		--resolution 256p --num_output_frames 29 --seed 7 --output_path outputs/demo.mp4 --overwrite
+		--resolution 256p --num_output_frames 29 --seed 7 --dtype float32 --output_path outputs/demo.mp4 --overwrite
 
 test: $(BIN)/.installed
 	$(BIN)/ruff check .
