@@ -125,25 +125,23 @@ def await_worker(future: PrefectDistributedFuture, settings: Settings) -> dict[s
     """The record of a generation handed to a warm worker, or why it did not come back.
 
     Beats are compared with the previous beat, not with a clock, so hosts need not agree on the time.
+    The task run is read here rather than through `future.wait`, which fails on a read that finds no
+    state: Prefect records a task worker's state changes from events, writing the task run and its
+    state apart, so a read in between finds none; that counts as not started yet.
     """
     name, queued = beat_name(future.task_run_id), time.monotonic()
     last_beat, beat_changed = None, None
     while True:
-        try:
-            future.wait(timeout=POLL_S)
-        except ObjectNotFound:
-            raise WarmWorkerRefusedError(
-                f"a warm worker dropped the generation (task run {future.task_run_id}): it cannot read its "
-                "parameters. Run the workers from the same checkout and version as the flows; see their log"
-            ) from None
-        except RuntimeError as error:
-            # Prefect records a task worker's state changes from events, writing the task run and its
-            # state apart: a read in between finds no state ("... has no state ..."). Look again.
-            if "has no state" not in str(error):
-                raise
-            time.sleep(POLL_S)
+        time.sleep(POLL_S)
         with get_client(sync_client=True) as client:
-            state = client.read_task_run(future.task_run_id).state
+            try:
+                state = client.read_task_run(future.task_run_id).state
+            except ObjectNotFound:
+                raise WarmWorkerRefusedError(
+                    f"a warm worker dropped the generation (task run {future.task_run_id}): it cannot read "
+                    "its parameters. Run the workers from the same checkout and version as the flows; see "
+                    "their log"
+                ) from None
             if state is not None and state.is_final():
                 return future.result()
             now = time.monotonic()
