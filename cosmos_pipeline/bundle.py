@@ -2,10 +2,12 @@
 
 A bundle is a `.json` file (one request) or a `.jsonl` file (one request per line). Paths inside
 a bundle are relative to the bundle file. Values are layered: an explicit CLI value beats the
-bundle, which beats the request's default. Unknown upstream keys (`inference_type`, ...) are
-accepted and ignored; `name` names the run and its output.
+bundle, which beats the request's default. Keys of NVIDIA's bundles that do not apply here are
+accepted and ignored; any other unknown key is an error naming the nearest known one, so a typo
+is never silently dropped. `name` names the run and its output.
 """
 
+import difflib
 import json
 import logging
 import re
@@ -38,6 +40,18 @@ SEED_NAMES = {
 PATH_KEYS = ("input_path", "prompt_path", "negative_prompt_path", "output_path")
 # Keys that are read from a file: the key, its `_path` twin.
 TEXT_KEYS = ("prompt", "negative_prompt")
+# Keys of NVIDIA's cosmos-predict2.5 bundles (its `InferenceArguments`) that do not apply here: the mode
+# is derived from the inputs, and a video longer than MAX_WINDOW_FRAMES is always chained. README
+# "Bundles" lists them (a test checks).
+UPSTREAM_IGNORED_KEYS = ("inference_type", "enable_autoregressive")
+# Every key a bundle may hold: request fields by their own names (but the one `with_seed` sets), the
+# seed's names, `resolution`, the prompt files and the ignored upstream keys.
+BUNDLE_KEYS = frozenset(
+    {*GenerationRequest.model_fields, *SEED_NAMES, "resolution", *PATH_KEYS, *UPSTREAM_IGNORED_KEYS}
+    - {"seed_chosen"}
+)
+# Flags a command line or flow may give on top of a bundle's keys.
+FLAG_KEYS = BUNDLE_KEYS | {"override_visual_input"}
 
 
 def is_bundle(path: Path) -> bool:
@@ -78,16 +92,36 @@ def read_bundle(path: Path, policy: Policy = LOCAL_POLICY) -> list[dict[str, Any
     return entries
 
 
+def unknown_keys(values: Mapping[str, Any], known: frozenset[str] = BUNDLE_KEYS) -> dict[str, str]:
+    """Each key of `values` that is not in `known`, with what to do about it."""
+    problems = {}
+    for key in sorted(set(values) - known):
+        [nearest] = difflib.get_close_matches(key, known, n=1, cutoff=0.6) or [None]
+        problems[key] = (
+            f"unknown key; did you mean `{nearest}`?"
+            if nearest
+            else f"unknown key; the keys are {', '.join(f'`{name}`' for name in sorted(known))}"
+        )
+    return problems
+
+
 def normalise(values: Mapping[str, Any]) -> dict[str, Any]:
-    """Seed/bundle names -> request field names; `resolution` -> height and width."""
+    """Seed/bundle names -> request field names; `resolution` -> height and width.
+
+    `resolution` is a name (`720p`, or `720`), NVIDIA's "height,width", or its "none" (the default size).
+    """
     fields = {SEED_NAMES.get(key, key): value for key, value in values.items() if value is not None}
     resolution = fields.pop("resolution", None)
-    if resolution is not None:
-        key = str(resolution) if str(resolution).endswith("p") else f"{resolution}p"
-        if key not in RESOLUTIONS:
-            raise InputError(f"unknown resolution {resolution!r}; use one of {', '.join(RESOLUTIONS)}")
-        fields.setdefault("height", RESOLUTIONS[key][0])
-        fields.setdefault("width", RESOLUTIONS[key][1])
+    if resolution is not None and str(resolution).lower() != "none":
+        name = str(resolution) if str(resolution).endswith("p") else f"{resolution}p"
+        sizes = re.fullmatch(r"\s*(\d+)\s*,\s*(\d+)\s*", str(resolution))
+        if name not in RESOLUTIONS and not sizes:
+            raise InputError(
+                f'unknown resolution {resolution!r}; use one of {", ".join(RESOLUTIONS)}, or "height,width"'
+            )
+        height, width = RESOLUTIONS[name] if name in RESOLUTIONS else map(int, sizes.groups())
+        fields.setdefault("height", height)
+        fields.setdefault("width", width)
     return fields
 
 
@@ -208,6 +242,9 @@ def request_rows(
     Bundles and prompt files are read only under `policy`'s input roots.
     """
     explicit = {key: value for key, value in explicit.items() if value is not None}
+    unknown = unknown_keys(explicit, FLAG_KEYS)
+    if unknown:  # a flag or flow parameter applies to every row: refuse the invocation
+        raise InputError("overrides: " + "; ".join(f"`{key}`: {message}" for key, message in unknown.items()))
     for key in PATH_KEYS:  # flow parameters are JSON: a list or a number is not a path
         if key in explicit and not isinstance(explicit[key], str | Path):
             raise InputError(f"`{key}` must be a path string, not {explicit[key]!r}")
@@ -231,6 +268,8 @@ def request_rows(
     for index, entry in enumerate(entries, start=1):
         row = Row(index, entry.pop("_where"), {})
         rows.append(row)
+        name = entry.get("name")
+        row.problems += [Problem(index, name, key, message) for key, message in unknown_keys(entry).items()]
         try:
             layered = merge(explicit, entry, policy)
         except InputError as error:  # an unreadable prompt file, a non-text prompt, an unknown resolution

@@ -11,10 +11,15 @@ ffmpeg is needed.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import io
+import logging
 import os
 import re
 import secrets
+import subprocess
+import warnings
 from collections import deque
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,11 +27,13 @@ from typing import Literal
 
 import imageio.v2 as imageio
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import ExifTags, Image, ImageCms, ImageOps
 
 from .errors import InputError
 
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp"})
+logger = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"})
 VIDEO_SUFFIXES = frozenset({".mp4", ".mov", ".avi", ".webm", ".mkv", ".gif"})
 
 MediaKind = Literal["image", "video"]
@@ -34,9 +41,22 @@ FitMode = Literal["crop", "stretch"]
 
 # Visually near-lossless H.264; the generated videos are small, so size is not a concern.
 VIDEO_CRF = 18
+# One transformer token covers 16x16 pixels (8x VAE, 2x2 patches): a smaller input holds less than a token.
+MIN_INPUT_SIDE = 16
+# Fitting an input up by more than this gives a visibly blurry conditioning frame: warn.
+MAX_UPSCALE = 4.0
+# Transparent pixels are composited on white, as image viewers show them.
+TRANSPARENT_BACKGROUND = (255, 255, 255)
 
-_IMAGE_DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+# Modes whose samples exceed 8 bits: scaled to 0-255 from these ranges (Pillow would clip them).
+_HIGH_DEPTH_PEAKS = {"I;16": 65535, "I;16L": 65535, "I;16B": 65535, "I;16N": 65535, "I": 65535, "F": 1.0}
+_SRGB = ImageCms.createProfile("sRGB")
 _FFMPEG_PROBLEM = re.compile(r"invalid|error|not found|corrupt|unsupported|unknown", re.IGNORECASE)
+# What ffmpeg's terse reports of an incomplete file mean.
+_FFMPEG_EXPLAINED = {
+    "partial file": "the file is truncated",
+    "moov atom not found": "the MP4's index (moov atom) is missing: the file was cut short or is not an MP4",
+}
 
 
 class OutputExistsError(InputError, FileExistsError):
@@ -59,39 +79,78 @@ def media_kind(path: Path) -> MediaKind:
     )
 
 
-def check_media(path: Path) -> MediaKind:
-    """Pre-flight check of an input file: it exists, is readable, has a supported suffix and decodes.
+def check_media(path: Path, size: tuple[int, int] | None = None) -> MediaKind:
+    """Pre-flight check of an input file: it exists, is readable, has a supported suffix and decodes
+    completely, so a truncated or corrupt file is refused with the decoder's reason.
 
-    Only the first frame of a video is decoded, so the check stays cheap on long videos.
+    An input smaller than MIN_INPUT_SIDE on a side is refused; with `size` (the output's height,
+    width), fitting it up by more than MAX_UPSCALE is logged as a warning. A JPEG is decoded at 1/8
+    scale (every byte is still read), a video to nothing: the check costs a fraction of a full read.
     """
     path = Path(path)
     _check_readable_file(path)
     kind = media_kind(path)
     if kind == "image":
-        _load_image(path)
+        _, (width, height) = _open_image(path, size=(1, 1))
     else:
-        frames = _iter_video_frames(path)
-        try:
-            next(frames)
-        finally:
-            frames.close()  # stops ffmpeg after the first frame
+        width, height = video_size(path)
+        _decoded_frame_count(path)
+    if min(width, height) < MIN_INPUT_SIDE:
+        raise InputError(
+            f"input media {path} is {width}x{height} pixels (width x height); at least {MIN_INPUT_SIDE} "
+            "a side are needed to condition on; use a larger image or video"
+        )
+    if size is not None and (scale := max(size[0] / height, size[1] / width)) > MAX_UPSCALE:
+        logger.warning(
+            "input media %s is %dx%d pixels (width x height): fitting it to the %dx%d output upscales it "
+            "%.1fx, so the conditioning will be blurry; a larger input gives a sharper start",
+            path, width, height, size[1], size[0], scale,
+        )  # fmt: skip
     return kind
 
 
-def read_image(path: Path) -> np.ndarray:
-    """Read an image as (H, W, 3) uint8 RGB.
+def read_image(path: Path, size: tuple[int, int] | None = None) -> np.ndarray:
+    """Read an image as (H, W, 3) uint8 sRGB, upright (EXIF orientation applied).
 
-    Grayscale and palette images are expanded and alpha is dropped (as `diffusers.utils.load_image`
-    does); EXIF orientation is applied so phone photos are upright.
+    Every mode is converted, never clipped: 16-bit and 32-bit samples are scaled to 8 bits, palettes
+    expanded, an embedded colour profile (CMYK needs one to look right) converted to sRGB, and
+    transparent pixels composited on TRANSPARENT_BACKGROUND. With `size` (height, width), the size the
+    image will be fitted to, a JPEG at least twice that size is decoded at 1/2, 1/4 or 1/8 scale (DCT
+    scaling, never below `size`): a 50-megapixel photo then takes a fraction of the time and memory.
     """
     path = Path(path)
     _check_readable_file(path)
-    image = ImageOps.exif_transpose(_load_image(path))
-    return np.asarray(image.convert("RGB"), dtype=np.uint8)
+    image, _ = _open_image(path, size)
+    return np.asarray(image, dtype=np.uint8)
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """(width, height) from the image's header only, so a decompression bomb is measured, never decoded.
+
+    Pillow itself refuses images over 2 x `Image.MAX_IMAGE_PIXELS` (`Image.DecompressionBombError`).
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the caller's limit decides
+            with Image.open(path) as image:
+                return image.size
+    except Image.DecompressionBombError:
+        raise
+    except Exception as error:  # Pillow raises many types on malformed headers
+        raise InputError(f"input media corrupt or not an image: {path}: {_reason(error)}") from None
+
+
+def video_size(path: Path) -> tuple[int, int]:
+    """(width, height) of the frames of the first video stream, from ffmpeg's reading of the header."""
+    reader = _video_reader(path)
+    try:
+        return _video_meta(reader, path)
+    finally:
+        reader.close()  # stops ffmpeg before it decodes
 
 
 def read_video(path: Path, max_frames: int | None = None, last: bool = False) -> np.ndarray:
-    """Read a video as (T, H, W, 3) uint8 RGB.
+    """Read a video as (T, H, W, 3) uint8 RGB; a truncated or corrupt video is refused.
 
     With `max_frames`, keep the first `max_frames` frames, or the last ones when `last=True`
     (Video2World conditions on the end of the input video). Only those frames are held in memory.
@@ -100,6 +159,7 @@ def read_video(path: Path, max_frames: int | None = None, last: bool = False) ->
         raise ValueError(f"max_frames must be >= 1 or None, got {max_frames}")
     path = Path(path)
     _check_readable_file(path)
+    _decoded_frame_count(path)  # ffmpeg stops at a broken frame without failing: check the whole file first
     frames_iter = _iter_video_frames(path)
     if max_frames is None:
         frames = list(frames_iter)
@@ -135,49 +195,193 @@ def _check_readable_file(path: Path) -> None:
         ) from err
 
 
-def _load_image(path: Path) -> Image.Image:
-    """Open and fully decode an image (`Image.open` alone only reads the header)."""
+def _reason(error: Exception) -> str:
+    return str(error) or type(error).__name__
+
+
+# ----------------------------------------------------------------------------- images
+
+
+def _open_image(path: Path, size: tuple[int, int] | None) -> tuple[Image.Image, tuple[int, int]]:
+    """The decoded image as upright 8-bit sRGB, and its full upright (width, height) (larger than the
+    image when a JPEG was decoded at reduced scale for `size`, a (height, width))."""
     try:
         with Image.open(path) as image:
+            full_size = image.size
+            transposed = image.getexif().get(ExifTags.Base.Orientation) in (5, 6, 7, 8)
+            if size is not None:  # a no-op for anything but JPEG
+                image.draft(image.mode, (size[0], size[1]) if transposed else (size[1], size[0]))
             image.load()
-            return image
-    except _IMAGE_DECODE_ERRORS as err:
-        raise InputError(f"input media corrupt or not an image: {path}: {err}") from err
+            _png_key_in_pixel_scale(image, path)
+            ImageOps.exif_transpose(image, in_place=True)
+    except Exception as error:  # Pillow raises many types on malformed files (SyntaxError, struct.error...)
+        raise InputError(f"input media corrupt or not an image: {path}: {_reason(error)}") from None
+    return _to_rgb(image, path), (full_size[::-1] if transposed else full_size)
+
+
+def _png_key_in_pixel_scale(image: Image.Image, path: Path) -> None:
+    """Pillow keeps a PNG's transparent key colour (tRNS) in the file's sample scale, while it scales
+    1-, 2- and 4-bit grey pixels to 0-255 and cuts 16-bit RGB ones to their high byte: match them."""
+    key = image.info.get("transparency")
+    if image.format != "PNG" or key is None or image.mode not in ("1", "L", "RGB"):
+        return
+    with open(path, "rb") as f:
+        header = f.read(25)  # the signature, then IHDR: its bit depth is byte 24
+    bit_depth = header[24] if len(header) == 25 else 8
+    if image.mode in ("1", "L") and bit_depth < 8:
+        image.info["transparency"] = key * 255 // (2**bit_depth - 1)
+    elif image.mode == "RGB" and bit_depth == 16:
+        image.info["transparency"] = tuple(value >> 8 for value in key)
+
+
+def _to_rgb(image: Image.Image, path: Path) -> Image.Image:
+    """8-bit sRGB of any mode; transparent pixels composited on TRANSPARENT_BACKGROUND."""
+    alpha = _alpha(image)
+    image.info.pop("transparency", None)  # now in `alpha`; Pillow warns when a palette drops it
+    colour = _to_srgb(_eight_bit(image, path) if image.mode in _HIGH_DEPTH_PEAKS else image, path)
+    if alpha is None or alpha.getextrema()[0] == 255:
+        return colour
+    logger.info("%s has transparent pixels: composited on white", path)
+    return Image.composite(colour, Image.new("RGB", colour.size, TRANSPARENT_BACKGROUND), alpha)
+
+
+def _alpha(image: Image.Image) -> Image.Image | None:
+    """The image's opacity as an 'L' image: its alpha channel, or its transparent key colour."""
+    if image.mode in _HIGH_DEPTH_PEAKS:
+        key = image.info.get("transparency")
+        if key is None:
+            return None
+        return Image.fromarray(np.where(np.asarray(image) == key, 0, 255).astype(np.uint8))
+    return image.convert("RGBA").getchannel("A") if image.has_transparency_data else None
+
+
+def _eight_bit(image: Image.Image, path: Path) -> Image.Image:
+    """16- and 32-bit grey as 8-bit 'L', scaled from the sample range to 0-255 (Pillow would clip it).
+
+    32-bit integers are read as 16-bit samples (the range Pillow gives 16-bit files), floats as 0-1;
+    samples outside that range have no defined brightness, so the image is refused.
+    """
+    peak = _HIGH_DEPTH_PEAKS[image.mode]
+    samples = np.asarray(image)
+    low, high = (float(samples.min()), float(samples.max())) if samples.size else (0.0, 0.0)
+    if not (0 <= low and high <= peak):  # NaN fails too
+        kind = "floating-point" if image.mode == "F" else f"{'32' if image.mode == 'I' else '16'}-bit integer"
+        raise InputError(
+            f"input image {path} has {kind} samples from {low:g} to {high:g}, outside the 0-{peak:g} range "
+            "that maps to black-white; save it as 8- or 16-bit"
+        )
+    out = Image.fromarray(np.rint(samples.astype(np.float32) * (255 / peak)).astype(np.uint8))
+    if "icc_profile" in image.info:  # a grey profile still describes the scaled samples
+        out.info["icc_profile"] = image.info["icc_profile"]
+    return out
+
+
+def _to_srgb(image: Image.Image, path: Path) -> Image.Image:
+    """RGB through the image's colour profile when it has one, else Pillow's plain conversion."""
+    if image.mode not in ("RGB", "L", "CMYK"):
+        image = image.convert("L" if image.mode in ("1", "LA") else "RGB")  # palette, alpha, YCbCr, LAB...
+    profile = image.info.get("icc_profile")
+    if not profile:
+        return image if image.mode == "RGB" else image.convert("RGB")
+    try:
+        source = ImageCms.ImageCmsProfile(io.BytesIO(profile))
+        return ImageCms.profileToProfile(image, source, _SRGB, outputMode="RGB")
+    except (ImageCms.PyCMSError, OSError, ValueError) as error:
+        logger.warning("%s: its colour profile cannot be applied (%s); colours read as sRGB", path, error)
+        return image.convert("RGB")
+
+
+# ----------------------------------------------------------------------------- videos
+
+
+def _ffmpeg_input(path: Path) -> str:
+    """An absolute path: ffmpeg never takes it for an option (`-...`) or a protocol (`concat:...`)."""
+    return str(Path(path).absolute())
+
+
+def _decoded_frame_count(path: Path) -> int:
+    stat = path.stat()
+    return _decode_to_nothing(_ffmpeg_input(path), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=32)
+def _decode_to_nothing(path: str, size: int, mtime_ns: int) -> int:
+    """Decode every frame of the first video stream, discard it, and count the frames.
+
+    ffmpeg decodes past a truncated file or a broken frame and exits 0; `-xerror` stops it at the
+    first corrupt frame, and anything it logs at error level refuses the file. Cached by the file's
+    size and modification time, so a pre-flight check and the read that follows decode once.
+    """
+    import imageio_ffmpeg  # here, not at the top: the core imports without it where no video is read
+
+    ffmpeg = [imageio_ffmpeg.get_ffmpeg_exe(), "-nostdin", "-hide_banner", "-v", "error"]
+    decode = [*ffmpeg, "-xerror", "-i", path, "-map", "0:v:0", "-fps_mode", "passthrough",
+              "-f", "null", "-progress", "pipe:1", "-"]  # fmt: skip
+    result = subprocess.run(decode, capture_output=True, text=True, errors="replace", check=False)
+    if result.returncode or result.stderr.strip():
+        # `-xerror` stopped at the first broken frame, before the demuxer saw whether the file ends early.
+        demux = [*ffmpeg, "-i", path, "-map", "0:v:0", "-c", "copy", "-f", "null", "-"]
+        truncation = subprocess.run(demux, capture_output=True, text=True, errors="replace", check=False)
+        raise _not_a_video(path, truncation.stderr + result.stderr)
+    counts = re.findall(r"^frame=(\d+)", result.stdout, re.MULTILINE)
+    if not counts or int(counts[-1]) == 0:
+        raise _not_a_video(path, "no frames could be decoded")
+    return int(counts[-1])
+
+
+def _video_reader(path: Path) -> Iterator:
+    import imageio_ffmpeg  # as above
+
+    # Only the first video stream, one output frame per decoded frame (no duplication to a fixed rate).
+    return imageio_ffmpeg.read_frames(
+        _ffmpeg_input(path), pix_fmt="rgb24", output_params=["-map", "0:v:0", "-fps_mode", "passthrough"]
+    )
+
+
+def _video_meta(reader: Iterator, path: Path) -> tuple[int, int]:
+    try:
+        width, height = next(reader)["size"]
+    except (OSError, RuntimeError, KeyError, ValueError) as err:
+        raise _not_a_video(path, str(err)) from None
+    return width, height
 
 
 def _iter_video_frames(path: Path) -> Iterator[np.ndarray]:
     """Yield decoded frames; raises InputError if the file does not decode or has no frames."""
-    import imageio_ffmpeg  # here, not at the top: the core imports without it where no video is read
-
-    # Only the first video stream, one output frame per decoded frame (no duplication to a fixed rate).
-    reader = imageio_ffmpeg.read_frames(
-        str(path), pix_fmt="rgb24", output_params=["-map", "0:v:0", "-fps_mode", "passthrough"]
-    )
+    reader = _video_reader(path)
     try:
+        width, height = _video_meta(reader, path)
+        count = 0
         try:
-            meta = next(reader)
-            width, height = meta["size"]
-            count = 0
             for buffer in reader:
                 count += 1
                 yield np.frombuffer(buffer, dtype=np.uint8).reshape(height, width, 3)
         except (OSError, RuntimeError) as err:
-            raise InputError(f"input media corrupt or not a video: {path}: {_decoder_message(err)}") from err
+            raise _not_a_video(path, str(err)) from None
         if count == 0:
-            raise InputError(f"input media corrupt or not a video: {path}: no frames could be decoded")
+            raise _not_a_video(path, "no frames could be decoded")
     finally:
         reader.close()
 
 
-def _decoder_message(err: Exception) -> str:
-    """The most telling line of ffmpeg's log (the first problem it reports), without `[... @ 0x..]`."""
+def _not_a_video(path: Path | str, log: str) -> InputError:
+    return InputError(f"input media corrupt or not a video: {path}: {_decoder_message(log)}")
+
+
+def _decoder_message(log: str) -> str:
+    """The most telling line of ffmpeg's log, without `[... @ 0x..]`: an incomplete file if it saw one,
+    else the first problem it reports."""
     noise = ("Conversion failed!", "frame=", "=== stderr ===", "Could not load meta", "configuration:")
-    lines = [re.sub(r"^(\[[^\]]*\]\s*)+", "", line).strip() for line in str(err).splitlines()]
+    lines = [re.sub(r"^(\[[^\]]*\]\s*)+", "", line).strip() for line in log.splitlines()]
     lines = [line for line in lines if line and not line.startswith(noise)]
+    for sign, meaning in _FFMPEG_EXPLAINED.items():
+        for line in lines:
+            if sign in line:
+                return f"{meaning} ({line})"
     problems = [line for line in lines if _FFMPEG_PROBLEM.search(line)]
     if problems:
         return problems[0]
-    return lines[-1] if lines else type(err).__name__
+    return lines[-1] if lines else "ffmpeg could not read it"
 
 
 # ----------------------------------------------------------------------------- resizing

@@ -13,7 +13,7 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict
 
 from cosmos_pipeline.errors import InputError
-from cosmos_pipeline.media import media_kind
+from cosmos_pipeline.media import image_size, media_kind, video_size
 from cosmos_pipeline.request import GenerationRequest
 
 
@@ -24,9 +24,19 @@ class Policy(BaseModel):
     output_root: Path | None = None  # None: outputs may be written anywhere
     max_prompt_chars: int = 20_000  # the text encoder reads 512 tokens; more is a mistake or abuse
     max_media_bytes: int = 1 << 30
-    max_media_pixels: int = 4096 * 4096  # per input frame, checked from the header before decoding
+    # Per input frame, checked from the header before decoding: 64 MP admits every common camera's photos
+    # (61 MP full frame); decoded as RGB it is 192 MiB. Pillow refuses images over ~179 MP whatever this says.
+    max_media_pixels: int = 8192 * 8192
     max_num_frames: int = 1_001  # long videos chain windows; this bounds GPU time per request
     max_output_pixels: int = 1280 * 1280  # height x width; the model is trained at 704x1280
+
+
+def _limit(policy: Policy, field: str, unit: str) -> str:
+    """The limit `field` and where to raise it, for a refusal's message."""
+    return (
+        f"the limit is {getattr(policy, field)} {unit} (policy `{field}`; to raise it set "
+        f"COSMOS_POLICY__{field.upper()} or `{field}` under `[policy]` in the settings profile)"
+    )
 
 
 def _inside(path: Path, root: Path) -> bool:
@@ -56,12 +66,16 @@ def check_sizes(request: GenerationRequest, policy: Policy) -> None:
     """Bounds that need no decoding: prompt length, frames, output size."""
     for name, text in (("prompt", request.prompt), ("negative prompt", request.negative_prompt or "")):
         if len(text) > policy.max_prompt_chars:
-            raise InputError(f"the {name} has {len(text)} characters; the limit is {policy.max_prompt_chars}")
+            limit = _limit(policy, "max_prompt_chars", "characters")
+            raise InputError(f"the {name} has {len(text)} characters; {limit}")
     if request.num_frames > policy.max_num_frames:
-        raise InputError(f"{request.num_frames} frames requested; the limit is {policy.max_num_frames}")
+        raise InputError(
+            f"{request.num_frames} frames requested; {_limit(policy, 'max_num_frames', 'frames')}"
+        )
     if request.height * request.width > policy.max_output_pixels:
         raise InputError(
-            f"{request.height}x{request.width} output exceeds the limit of {policy.max_output_pixels} pixels"
+            f"a {request.height}x{request.width} output (height x width) is "
+            f"{request.height * request.width} pixels; {_limit(policy, 'max_output_pixels', 'pixels')}"
         )
 
 
@@ -69,26 +83,18 @@ def check_media_size(path: Path, policy: Policy) -> None:
     """File bytes and frame pixels from the header only, so a decompression bomb is never decoded."""
     size = path.stat().st_size
     if size > policy.max_media_bytes:
-        raise InputError(f"input {path} is {size} bytes; the limit is {policy.max_media_bytes}")
-    if media_kind(path) == "image":
-        try:
-            with Image.open(path) as image:
-                width, height = image.size
-        except Exception as error:  # decoding problems are reported by check_media
-            raise InputError(f"input media corrupt or not an image: {path}: {error}") from None
-    else:
-        import imageio_ffmpeg  # as in media.py: only where a video is read
-
-        reader = imageio_ffmpeg.read_frames(str(path))
-        try:
-            width, height = next(reader)["size"]
-        except Exception as error:
-            raise InputError(f"input media corrupt or not a video: {path}: {type(error).__name__}") from None
-        finally:
-            reader.close()
+        raise InputError(f"input {path} is {size} bytes; {_limit(policy, 'max_media_bytes', 'bytes')}")
+    try:
+        width, height = image_size(path) if media_kind(path) == "image" else video_size(path)
+    except Image.DecompressionBombError:
+        raise InputError(
+            f"input {path} has over {2 * Image.MAX_IMAGE_PIXELS} pixels, more than Pillow reads; "
+            f"{_limit(policy, 'max_media_pixels', 'pixels a frame')}"
+        ) from None
     if width * height > policy.max_media_pixels:
         raise InputError(
-            f"input {path} is {width}x{height}; the limit is {policy.max_media_pixels} pixels a frame"
+            f"input {path} is {width}x{height} (width x height), {width * height} pixels; "
+            f"{_limit(policy, 'max_media_pixels', 'pixels a frame')}"
         )
 
 

@@ -43,12 +43,13 @@ def test_upstream_keys_are_accepted_and_seed_names_mapped(tmp_path):
         {
             "name": "n",
             "inference_type": "text2world",
+            "enable_autoregressive": False,
             "prompt": "p",
             "num_output_frames": 9,
             "num_steps": 4,
             "guidance": 3.5,
             "seed": 11,
-            "something_new": [1, 2],
+            "resolution": "480,640",
         },
     )
     [request] = resolve(tmp_path, input_path=str(bundle))
@@ -58,6 +59,10 @@ def test_upstream_keys_are_accepted_and_seed_names_mapped(tmp_path):
         3.5,
         11,
     )
+    assert (request.height, request.width) == (480, 640)  # NVIDIA's "height,width"
+    bundle.write_text(json.dumps({"prompt": "p", "resolution": "none"}))  # NVIDIA's default: the model's size
+    [request] = resolve(tmp_path, input_path=str(bundle))
+    assert (request.height, request.width) == RESOLUTIONS["720p"]
 
 
 def test_precedence_cli_over_bundle_over_default(tmp_path):

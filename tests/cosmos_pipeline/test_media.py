@@ -1,3 +1,4 @@
+import logging
 import re
 import subprocess
 from pathlib import Path
@@ -5,11 +6,13 @@ from pathlib import Path
 import imageio_ffmpeg
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageCms
 
 from cosmos_pipeline import media
+from cosmos_pipeline.bundle import resolve_requests
 from cosmos_pipeline.errors import InputError
 from cosmos_pipeline.media import (
+    MIN_INPUT_SIDE,
     check_media,
     check_output_path,
     content_hash,
@@ -20,6 +23,9 @@ from cosmos_pipeline.media import (
     write_image,
     write_video,
 )
+
+from .conftest import ASSETS
+from .media_files import PNG_TYPES, expected_rgb, png_bytes
 
 
 def _frames(num_frames: int = 9, height: int = 64, width: int = 96) -> np.ndarray:
@@ -69,8 +75,8 @@ def test_media_kind_by_suffix(name, kind):
 
 
 def test_media_kind_unsupported_lists_suffixes():
-    with pytest.raises(InputError, match=r"'\.tiff'.*\.png.*\.mp4"):
-        media_kind(Path("scan.tiff"))
+    with pytest.raises(InputError, match=r"'\.heic'.*\.png.*\.tiff.*\.mp4"):
+        media_kind(Path("photo.heic"))
 
 
 def test_check_media_accepts_good_files(png, mp4):
@@ -107,23 +113,219 @@ def test_check_media_corrupt_image(tmp_path):
 def test_check_media_corrupt_video(tmp_path):
     path = tmp_path / "noise.mp4"
     path.write_bytes(np.random.default_rng(0).bytes(2048))
-    with pytest.raises(InputError, match=r"corrupt or not a video: .*noise.mp4: \S"):
+    with pytest.raises(InputError, match=r"corrupt or not a video: .*noise.mp4: .*is not an MP4"):
         check_media(path)
     with pytest.raises(InputError, match="corrupt or not a video"):
         read_video(path)
 
 
-def test_read_image_converts_to_rgb(tmp_path):
-    gray = tmp_path / "gray.png"
-    Image.fromarray(np.full((8, 10), 7, dtype=np.uint8), mode="L").save(gray)
-    rgba = tmp_path / "rgba.png"
-    Image.fromarray(np.full((8, 10, 4), 9, dtype=np.uint8), mode="RGBA").save(rgba)
-    palette = tmp_path / "palette.png"
-    Image.new("P", (10, 8), color=3).save(palette)
-    for path in (gray, rgba, palette):
-        image = read_image(path)
-        assert image.shape == (8, 10, 3) and image.dtype == np.uint8
-    assert (read_image(gray) == 7).all()
+def test_truncated_video_is_refused_with_the_reason(tmp_path):
+    """The frames decoded before the truncation are never used (ffmpeg itself exits 0 on this file)."""
+    path = tmp_path / "cut.mp4"
+    path.write_bytes((ASSETS / "media" / "rolling_ball.mp4").read_bytes()[:5000])
+    reason = r"corrupt or not a video: .*cut.mp4: the file is truncated \(.*partial file\)"
+    for read in (check_media, read_video, lambda p: read_video(p, max_frames=1)):
+        with pytest.raises(InputError, match=reason):
+            read(path)
+    with pytest.raises(InputError, match=reason):  # the issue's case: one conditioning frame
+        resolve_requests(
+            {"input_path": str(path), "prompt": "p", "num_latent_conditional_frames": 1,
+             "output_path": str(tmp_path / "out.mp4")}
+        )  # fmt: skip
+
+
+def test_corrupt_frame_in_a_complete_video_is_refused(tmp_path):
+    """Damage inside the frame data: the container is whole, ffmpeg conceals it and exits 0. (Damage
+    that still decodes, e.g. zeros where H.264 allows them, is undetectable: the format has no checksum.)"""
+    frames = np.random.default_rng(0).integers(0, 256, (9, 64, 96, 3), dtype=np.uint8)
+    data = bytearray(write_video(frames, tmp_path / "noise.mp4").read_bytes())
+    start = data.index(b"mdat") + 700  # past x264's settings text, inside the first frame
+    data[start : start + 1024] = b"\xff" * 1024
+    path = tmp_path / "damaged.mp4"
+    path.write_bytes(bytes(data))
+    with pytest.raises(InputError, match=r"corrupt or not a video: .*damaged.mp4: \S"):
+        check_media(path)
+
+
+# ----------------------------------------------------------------------------- image modes
+
+
+def test_16_bit_png_is_scaled_not_clipped(tmp_path):
+    gradient = np.arange(0, 65536, 8192)[None, :, None].repeat(MIN_INPUT_SIDE, axis=0).repeat(2, axis=1)
+    path = tmp_path / "gradient16.png"
+    path.write_bytes(png_bytes(np.minimum(gradient, 65535), colour_type=0, bit_depth=16))
+    assert Image.open(path).mode == "I;16"
+    image = read_image(path)
+    np.testing.assert_array_equal(image[0, ::2, 0], [0, 32, 64, 96, 128, 159, 191, 223])
+    assert (image == image[..., :1]).all()  # grey stays grey
+
+
+PNG_CASES = [
+    (colour_type, bit_depth, transparent)
+    for colour_type, (_, depths) in PNG_TYPES.items()
+    for bit_depth in depths
+    for transparent in ((False, True) if colour_type in (0, 2, 3) else (False,))  # 4 and 6 carry alpha
+]
+
+
+@pytest.mark.parametrize(("colour_type", "bit_depth", "transparent"), PNG_CASES)
+def test_every_png_colour_type_and_bit_depth(tmp_path, colour_type, bit_depth, transparent):
+    """Against the PNG spec: samples scaled to 0-255, palettes looked up, transparency on white."""
+    rng = np.random.default_rng(colour_type * 100 + bit_depth)
+    samples = rng.integers(0, 2**bit_depth, (MIN_INPUT_SIDE, 24, PNG_TYPES[colour_type][0]))
+    palette = rng.integers(0, 256, (2**bit_depth, 3)) if colour_type == 3 else None
+    transparency = None
+    if transparent:  # the first pixel's colour (grey, RGB) or the first palette entries
+        transparency = (
+            bytes(rng.integers(0, 256, min(3, 2**bit_depth), dtype=np.uint8))
+            if colour_type == 3
+            else samples[0, 0].astype(">u2").tobytes()
+        )
+    path = tmp_path / "in.png"
+    path.write_bytes(png_bytes(samples, colour_type, bit_depth, palette, transparency))
+    image = read_image(path)
+    assert image.shape == (MIN_INPUT_SIDE, 24, 3) and image.dtype == np.uint8
+    # Pillow cuts 16-bit RGB(A) and alpha to their high byte, then compositing rounds: within 3.
+    assert np.abs(image - expected_rgb(samples, colour_type, bit_depth, palette, transparency)).max() <= 3
+    if transparent:
+        assert (image[0, 0] == 255).all() if colour_type != 3 else True  # the key colour is white now
+
+
+def _tiff_cases() -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """(mode, samples Pillow writes, the 8-bit grey or RGB they must read as)."""
+    ramp = np.linspace(0, 1, 24)[None].repeat(MIN_INPUT_SIDE, axis=0)
+    grey16 = np.rint(ramp * 65535).astype(np.uint16)
+    expected_grey = np.rint(ramp * 255)
+    rgb = np.stack([ramp, ramp[:, ::-1], np.full_like(ramp, 0.5)], axis=-1)
+    return [
+        ("I;16", grey16, expected_grey),
+        ("I;16B", grey16.astype(">u2"), expected_grey),
+        ("I", grey16.astype(np.int32), expected_grey),
+        ("F", ramp.astype(np.float32), expected_grey),
+        ("L", np.rint(ramp * 255).astype(np.uint8), expected_grey),
+        ("1", ramp > 0.5, np.where(ramp > 0.5, 255, 0)),
+        ("RGB", np.rint(rgb * 255).astype(np.uint8), np.rint(rgb * 255)),
+    ]
+
+
+@pytest.mark.parametrize(("mode", "samples", "expected"), _tiff_cases(), ids=lambda case: str(case)[:5])
+def test_tiff_modes_are_scaled_to_8_bits(tmp_path, mode, samples, expected):
+    path = tmp_path / "in.tif"
+    Image.fromarray(samples).save(path)
+    assert Image.open(path).mode == mode
+    image = read_image(path).astype(float)
+    expected = expected if expected.ndim == 3 else np.repeat(expected[..., None], 3, axis=-1)
+    assert np.abs(image - expected).max() <= 0.5
+
+
+@pytest.mark.parametrize(
+    ("samples", "message"),
+    [
+        (
+            np.full((16, 16), 2.5, np.float32),
+            r"floating-point samples from 2\.5 to 2\.5, outside the 0-1 range",
+        ),
+        (np.full((16, 16), np.nan, np.float32), "floating-point samples from nan"),
+        (np.full((16, 16), -7, np.int32), r"32-bit integer samples from -7 to -7, outside the 0-65535"),
+    ],
+)
+def test_samples_without_a_brightness_are_refused(tmp_path, samples, message):
+    path = tmp_path / "odd.tiff"
+    Image.fromarray(samples).save(path)
+    with pytest.raises(InputError, match=f"odd.tiff has {message}.*save it as 8- or 16-bit"):
+        check_media(path)
+
+
+def test_palette_alpha_and_grey_alpha_are_composited_on_white(tmp_path, caplog):
+    rgba = np.zeros((MIN_INPUT_SIDE, 16, 4), np.uint8)
+    rgba[..., 0] = 200  # red, fully transparent on the left, half on the right
+    rgba[:, 8:, 3] = 128
+    Image.fromarray(rgba).save(tmp_path / "rgba.png")
+    Image.fromarray(rgba).convert("LA").save(tmp_path / "la.tif")
+    palette = Image.fromarray(rgba).quantize(colors=4, method=Image.Quantize.FASTOCTREE)
+    palette.save(tmp_path / "palette.png")
+    with caplog.at_level(logging.INFO, logger="cosmos_pipeline.media"):
+        image = read_image(tmp_path / "rgba.png")
+    assert "rgba.png has transparent pixels: composited on white" in caplog.text
+    np.testing.assert_array_equal(image[0, 0], [255, 255, 255])
+    np.testing.assert_allclose(image[0, -1], [228, 127, 127], atol=1)  # 200*a + 255*(1-a), a = 128/255
+    for name in ("la.tif", "palette.png"):
+        image = read_image(tmp_path / name).astype(int)
+        assert (image[:, :8] == 255).all() and (np.abs(image[:, 8:] - image[0, -1]) <= 1).all(), name
+
+
+def test_cmyk_jpeg_reads_as_rgb(tmp_path):
+    inks = {
+        "cyan": (255, 0, 0, 0),
+        "magenta": (0, 255, 0, 0),
+        "yellow": (0, 0, 255, 0),
+        "black": (0, 0, 0, 255),
+    }
+    rgb = {"cyan": (0, 255, 255), "magenta": (255, 0, 255), "yellow": (255, 255, 0), "black": (0, 0, 0)}
+    for name, ink in inks.items():
+        path = tmp_path / f"{name}.jpg"
+        Image.new("CMYK", (32, 32), ink).save(path, quality=95)
+        assert Image.open(path).mode == "CMYK"
+        np.testing.assert_allclose(read_image(path)[16, 16], rgb[name], atol=8, err_msg=name)
+
+
+def test_colour_profile_is_applied_and_a_broken_one_is_reported(tmp_path, caplog):
+    pixels = np.random.default_rng(0).integers(0, 256, (MIN_INPUT_SIDE, 20, 3), dtype=np.uint8)
+    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    Image.fromarray(pixels).save(tmp_path / "srgb.png", icc_profile=srgb)
+    assert np.abs(read_image(tmp_path / "srgb.png").astype(int) - pixels).max() <= 1
+    Image.fromarray(pixels).save(tmp_path / "broken.png", icc_profile=b"not a profile" * 10)
+    np.testing.assert_array_equal(read_image(tmp_path / "broken.png"), pixels)
+    assert "broken.png: its colour profile cannot be applied" in caplog.text
+
+
+ORIENTATIONS = {  # EXIF orientation -> how the stored pixels are turned upright
+    1: lambda a: a, 2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],
+    5: lambda a: a.transpose(1, 0, 2), 6: lambda a: np.rot90(a, -1),
+    7: lambda a: a[::-1, ::-1].transpose(1, 0, 2), 8: lambda a: np.rot90(a, 1),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("orientation", ORIENTATIONS)
+def test_exif_orientation_is_applied(tmp_path, orientation):
+    stored = np.random.default_rng(orientation).integers(0, 256, (MIN_INPUT_SIDE, 24, 3), dtype=np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(stored).save(tmp_path / "photo.png", exif=exif)
+    np.testing.assert_array_equal(read_image(tmp_path / "photo.png"), ORIENTATIONS[orientation](stored))
+
+
+def test_large_jpeg_is_decoded_at_the_scale_it_is_fitted_to(tmp_path):
+    """A 5472x3648 photo (the upstream example's size) fitted to 704x1280 decodes at 1/4 scale; a portrait
+    photo (EXIF orientation 6) is scaled in its upright orientation."""
+    channels = [Image.linear_gradient("L"), Image.radial_gradient("L"), Image.new("L", (256, 256))]
+    photo = Image.merge("RGB", channels).resize((5472, 3648))
+    photo.save(tmp_path / "photo.jpg", quality=90)
+    assert check_media(tmp_path / "photo.jpg") == "image"
+    assert read_image(tmp_path / "photo.jpg", size=(704, 1280)).shape == (912, 1368, 3)
+    assert read_image(tmp_path / "photo.jpg", size=(352, 640)).shape == (456, 684, 3)  # 1/8 scale
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    photo.save(tmp_path / "portrait.jpg", quality=90, exif=exif)
+    assert read_image(tmp_path / "portrait.jpg", size=(1280, 704)).shape == (1368, 912, 3)
+
+
+def test_tiny_input_is_refused_and_a_big_upscale_warned(tmp_path, caplog):
+    Image.new("RGB", (1, 1), "red").save(tmp_path / "dot.png")
+    with pytest.raises(InputError, match=r"dot.png is 1x1 pixels \(width x height\); at least 16 a side"):
+        check_media(tmp_path / "dot.png")
+    write_video(_frames(height=8, width=96), tmp_path / "strip.mp4")
+    with pytest.raises(InputError, match=r"strip.mp4 is 96x8 pixels"):
+        check_media(tmp_path / "strip.mp4")
+    Image.new("RGB", (40, 20), "red").save(tmp_path / "small.png")
+    with caplog.at_level(logging.WARNING, logger="cosmos_pipeline.media"):
+        check_media(tmp_path / "small.png", size=(80, 160))  # 4x: no warning
+        assert not caplog.records
+        check_media(tmp_path / "small.png", size=(256, 448))
+    assert (
+        "small.png is 40x20 pixels (width x height): fitting it to the 448x256 output upscales it 12.8x"
+        in (caplog.text)
+    )
 
 
 def test_read_video_first_and_last_frames(mp4):

@@ -15,6 +15,7 @@ from cosmos_pipeline.errors import InputError
 from cosmos_pipeline.policy import Policy
 
 from .conftest import ASSETS
+from .media_files import png_bytes
 
 
 @pytest.fixture
@@ -75,22 +76,43 @@ def test_size_limits(roots, tmp_path):
         resolve(Policy(max_prompt_chars=100), prompt="x" * 101, output_path=out)
     with pytest.raises(InputError, match="frames requested; the limit is 93"):
         resolve(Policy(max_num_frames=93), prompt="p", num_output_frames=97, output_path=out)
-    with pytest.raises(InputError, match="exceeds the limit"):
+    with pytest.raises(
+        InputError, match=r"2048x2048 output \(height x width\) is 4194304 pixels; the limit is"
+    ):
         resolve(Policy(), prompt="p", height=2048, width=2048, output_path=out)
-    with pytest.raises(InputError, match="bytes; the limit is 10"):
+    with pytest.raises(InputError, match="bytes; the limit is 10 bytes"):
         resolve(Policy(max_media_bytes=10), prompt="p", input_path=str(inputs / "ok.png"), output_path=out)
-    with pytest.raises(InputError, match="64x48; the limit is 100 pixels"):
+    with pytest.raises(
+        InputError, match=r"64x48 \(width x height\), 3072 pixels; the limit is 100 pixels a frame"
+    ):
         resolve(Policy(max_media_pixels=100), prompt="p", input_path=str(inputs / "ok.png"), output_path=out)
-    with pytest.raises(InputError, match="320x192; the limit is 100 pixels"):
+    with pytest.raises(InputError, match="320x192 .* the limit is 100 pixels"):
         video = str(ASSETS / "media" / "rolling_ball.mp4")
         resolve(Policy(max_media_pixels=100), prompt="p", input_path=video, output_path=out)
 
 
-def test_decompression_bomb_header_is_refused_before_decoding(roots):
+def test_camera_photos_pass_the_default_pixel_limit(roots):
+    """A 5472x3648 JPEG (the upstream project's example photo size, 20 MP) and a 50 MP one."""
+    inputs, outputs, _ = roots
+    for width, height in ((5472, 3648), (8660, 5774)):
+        Image.new("RGB", (width, height), "gray").save(inputs / "photo.jpg")
+        [request] = resolve(
+            Policy(), prompt="p", input_path=str(inputs / "photo.jpg"), output_path=str(outputs)
+        )
+        assert request.mode == "image2world"
+
+
+@pytest.mark.parametrize(("width", "height"), [(10_000, 10_000), (20_000, 20_000)])
+def test_decompression_bomb_header_is_refused_before_decoding(roots, width, height):
+    """The header claims the size; the data is a few bytes, so reaching the decoder would fail differently.
+    Above ~179 MP Pillow refuses it itself; the message names the setting either way."""
     inputs, outputs, _ = roots
     bomb = inputs / "bomb.png"
-    Image.fromarray(np.zeros((1, 1, 3), np.uint8)).resize((5000, 5000)).save(bomb, optimize=True)
-    with pytest.raises(InputError, match="5000x5000; the limit is"):
+    bomb.write_bytes(png_bytes(np.zeros((1, 1, 1)), colour_type=0, bit_depth=8, size=(width, height)))
+    setting = (
+        r"the limit is 67108864 pixels a frame \(policy `max_media_pixels`; .*COSMOS_POLICY__MAX_MEDIA_PIXELS"
+    )
+    with pytest.raises(InputError, match=f"bomb.png (is {width}x{height}|has over).*{setting}"):
         resolve(Policy(), prompt="p", input_path=str(bomb), output_path=str(outputs / "a.mp4"))
 
 
