@@ -50,7 +50,7 @@ class GenerationRequest(BaseModel):
     height: int = Field(default=RESOLUTIONS["720p"][0], gt=0)
     width: int = Field(default=RESOLUTIONS["720p"][1], gt=0)
     num_inference_steps: int = Field(default=36, ge=1, le=1000)
-    guidance_scale: float = Field(default=7.0, ge=0.0, le=100.0)  # <= 1 turns classifier-free guidance off
+    guidance_scale: float = Field(default=7.0, ge=0.0, le=100.0, allow_inf_nan=False)  # <= 1 turns CFG off
     seed: int | None = Field(default=None, ge=0, lt=2**63)
     seed_chosen: bool = False  # True when no seed was given and one was drawn (`with_seed`)
     num_latent_conditional_frames: int = Field(default=2, ge=1, le=2)  # Video2World: 1 or 2 latent frames
@@ -59,7 +59,7 @@ class GenerationRequest(BaseModel):
     chunk_size: int = Field(default=77, ge=5, le=MAX_WINDOW_FRAMES)  # frames per window, 4k+1
     chunk_overlap: int = Field(default=1, ge=1, le=2)  # latent frames each window takes from the previous
     lora_path: Path | None = None  # a LoRA adapter (diffusers format) applied to the transformer
-    lora_scale: float = Field(default=1.0, ge=0.0, le=10.0)
+    lora_scale: float = Field(default=1.0, ge=0.0, le=10.0, allow_inf_nan=False)
     model_id: str = DEFAULT_MODEL_ID
     revision: str = DEFAULT_REVISION
     device: str = "cuda"
