@@ -124,7 +124,8 @@ def generate_distilled(
 
     # 4. VAE decode, as generate() does it
     stage = time.perf_counter()
-    decoded = latents / pipe.latents_std.to(device, latents.dtype) + pipe.latents_mean.to(device, latents.dtype)
+    mean, std = pipe.latents_mean.to(device, latents.dtype), pipe.latents_std.to(device, latents.dtype)
+    decoded = latents / std + mean
     decoded = pipe.vae.decode(decoded.to(pipe.vae.dtype), return_dict=False)[0]
     decoded = pipe._match_num_frames(decoded, num_frames)
     frames = pipe.video_processor.postprocess_video(decoded, output_type="np")[0]
