@@ -1,13 +1,14 @@
 import json
+import re
 from pathlib import Path
 
 import pytest
 
-from cosmos_pipeline.bundle import read_bundle, resolve_requests
+from cosmos_pipeline.bundle import UPSTREAM_IGNORED_KEYS, read_bundle, request_rows, resolve_requests
 from cosmos_pipeline.errors import InputError
 from cosmos_pipeline.request import RESOLUTIONS
 
-from .conftest import ASSETS
+from .conftest import ASSETS, REPO
 
 
 def write_bundle(path: Path, entry: dict) -> Path:
@@ -148,3 +149,47 @@ def test_read_bundle_skips_blank_jsonl_lines(tmp_path):
     bundle = tmp_path / "b.jsonl"
     bundle.write_text('{"prompt": "a"}\n\n{"prompt": "b"}\n')
     assert [entry["prompt"] for entry in read_bundle(bundle)] == ["a", "b"]
+
+
+def test_unknown_keys_name_the_nearest_known_key_row_by_row(tmp_path):
+    bundle = tmp_path / "typos.jsonl"
+    bundle.write_text(
+        '{"prompt": "p", "num_ouput_frames": 9, "negativ_prompt": "x"}\n'
+        '{"prompt": "fine", "inference_type": "text2world", "enable_autoregressive": true}\n'
+        '{"promt": "p", "colour_grading": "warm"}\n'
+    )
+    rows = request_rows({"input_path": str(bundle), "output_path": str(tmp_path / "out")})
+    problems = [{p.field: p.message for p in row.problems} for row in rows]
+    assert problems[0] == {
+        "negativ_prompt": "unknown key; did you mean `negative_prompt`?",
+        "num_ouput_frames": "unknown key; did you mean `num_output_frames`?",
+    }
+    assert problems[1] == {} and rows[1].request is not None
+    assert problems[2]["promt"] == "unknown key; did you mean `prompt`?" and "prompt" in problems[2]
+    assert problems[2]["colour_grading"].startswith(
+        "unknown key; the keys are `cfg_parallel`, `chunk_overlap`"
+    )
+    with pytest.raises(InputError, match=r"typos.jsonl:1: `negativ_prompt`: unknown key; did you mean"):
+        resolve(tmp_path, input_path=str(bundle))
+
+
+def test_unknown_override_is_refused_for_the_whole_batch(tmp_path):
+    with pytest.raises(InputError, match=r"overrides: `guidence`: unknown key; did you mean `guidance`\?"):
+        request_rows({"prompt": "p", "guidence": 3.0})
+
+
+@pytest.mark.parametrize("value", ["NaN", "Infinity", "-Infinity"])
+def test_non_finite_numbers_are_refused(tmp_path, value):
+    bundle = tmp_path / "b.json"
+    bundle.write_text(f'{{"prompt": "p", "guidance": {value}, "lora_scale": {value}}}')
+    [row] = request_rows({"input_path": str(bundle), "output_path": str(tmp_path / "out")})
+    assert {p.field: p.message.split(" (got")[0] for p in row.problems} == {
+        "guidance_scale": "Input should be a finite number",
+        "lora_scale": "Input should be a finite number",
+    }
+
+
+def test_readme_lists_the_ignored_upstream_keys():
+    readme = (REPO / "README.md").read_text()
+    [listed] = re.findall(r"accepted and ignored: ((?:`\w+`(?:, )?)+)\.", readme.replace("\n", " "))
+    assert re.findall(r"`(\w+)`", listed) == list(UPSTREAM_IGNORED_KEYS)
