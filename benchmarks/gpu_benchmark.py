@@ -41,8 +41,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cosmos_pipeline import acceleration as acc  # noqa: E402
-from cosmos_pipeline.acceleration import Acceleration, apply_acceleration  # noqa: E402
+from cosmos_pipeline.acceleration.apply import accelerate_transformer, apply_acceleration  # noqa: E402
+from cosmos_pipeline.acceleration.attention import attention  # noqa: E402
+from cosmos_pipeline.acceleration.memory import vae_tiling  # noqa: E402
+from cosmos_pipeline.acceleration.options import Acceleration, AccelerationPlan, forward_count, step_kinds  # noqa: E402
+from cosmos_pipeline.acceleration.plan import fa3_available, resolve_plan  # noqa: E402
 from cosmos_pipeline.distilled import generate_distilled  # noqa: E402
 from cosmos_pipeline.generate import GenerationResult, generate  # noqa: E402
 from cosmos_pipeline.request import GenerationRequest  # noqa: E402
@@ -339,7 +342,8 @@ def request_for(run: Run, steps: int, seed: int = 1, low: bool = False, **fields
 
 def section_check(run: Run) -> None:
     """The tiny model through `loading.load_pipeline` on this device, and the kernels against exact math."""
-    from cosmos_pipeline import kernels, loading, tiny
+    from cosmos_pipeline import loading, tiny
+    from cosmos_pipeline.acceleration import kernels
 
     os.environ.setdefault("COSMOS_CACHE_DIR", tempfile.mkdtemp(prefix="cosmos-cache-"))
     device = run.device
@@ -377,9 +381,9 @@ def section_check(run: Run) -> None:
             q, k, v = (x.transpose(1, 2) for x in (q, k, v))
             exact = torch.nn.functional.scaled_dot_product_attention(q.float(), k.float(), v.float())
             kernels_here = ["sdpa", "cudnn", "flash", "triton", "fp8-triton"]
-            kernels_here += ["fa3", "fp8-fa3"] if acc.fa3_available() else []
+            kernels_here += ["fa3", "fp8-fa3"] if fa3_available() else []
             for kernel in kernels_here:
-                out = acc.attention(q, k, v, kernel).unflatten(2, (heads, 128)).transpose(1, 2)
+                out = attention(q, k, v, kernel).unflatten(2, (heads, 128)).transpose(1, 2)
                 err = rel_err(out, exact)
                 rows.append([f"attention {kernel} N={tokens} H={heads}", err, None, None])
                 data[f"attention_{kernel}_{tokens}"] = err
@@ -429,7 +433,7 @@ def _attention_shape(run: Run, model: str, heads: int, rows: list, data: dict) -
     from torch.nn.attention.flex_attention import flex_attention
     from triton.testing import do_bench
 
-    from cosmos_pipeline import kernels
+    from cosmos_pipeline.acceleration import kernels
 
     device, tokens = run.device, ATTENTION_TOKENS
     q, k, v = (torch.randn(1, tokens, heads, 128, device=device, dtype=torch.bfloat16) for _ in range(3))
@@ -440,15 +444,15 @@ def _attention_shape(run: Run, model: str, heads: int, rows: list, data: dict) -
     flex = torch.compile(flex_attention, dynamic=False)
     candidates: dict[str, Callable[[], torch.Tensor]] = {
         "sdpa": lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v),
-        "flash": lambda: acc.attention(q, k, v, "flash"),
-        "cudnn": lambda: acc.attention(q, k, v, "cudnn"),
-        "efficient": lambda: acc.attention(q, k, v, "efficient"),
+        "flash": lambda: attention(q, k, v, "flash"),
+        "cudnn": lambda: attention(q, k, v, "cudnn"),
+        "efficient": lambda: attention(q, k, v, "efficient"),
         "flex": lambda: flex(q, k, v),
-        "triton": lambda: acc.attention(q, k, v, "triton"),
-        "fa3": lambda: acc.attention(q, k, v, "fa3"),
-        "fp8-triton": lambda: acc.attention(q, k, v, "fp8-triton"),
+        "triton": lambda: attention(q, k, v, "triton"),
+        "fa3": lambda: attention(q, k, v, "fa3"),
+        "fp8-triton": lambda: attention(q, k, v, "fp8-triton"),
         "fp8-triton kernel only": lambda: kernels._fp8_attention_op(*quantized),
-        "fp8-fa3": lambda: acc.attention(q, k, v, "fp8-fa3"),
+        "fp8-fa3": lambda: attention(q, k, v, "fp8-fa3"),
     }
     flops = 4 * tokens * tokens * heads * 128
     for name, fn in candidates.items():
@@ -459,7 +463,7 @@ def _attention_shape(run: Run, model: str, heads: int, rows: list, data: dict) -
             break
         try:
             out = fn()
-            if out.dim() == 3:  # (B, N, H * D) from acc.attention
+            if out.dim() == 3:  # (B, N, H * D) from attention
                 out = out.unflatten(2, (heads, 128)).transpose(1, 2)
             err = rel_err(out[:, :, probe], exact)
             seconds = do_bench(fn, warmup=300, rep=1500, return_mode="median") / 1e3
@@ -535,10 +539,10 @@ def section_forward(run: Run) -> None:
         if run.time_left() < (40 if run.args.scale == "real" else 5):
             run.log("forward: out of time before", name)
             break
-        plan = acc.resolve_plan(options, device)
+        plan = resolve_plan(options, device)
         torch._dynamo.reset()
         try:
-            acc.accelerate_transformer(transformer, plan)
+            accelerate_transformer(transformer, plan)
             with torch.no_grad():
                 warm = time_it(lambda: transformer(**inputs), device, 1)[0]  # compiles where asked
                 reset_peak(device)
@@ -548,7 +552,7 @@ def section_forward(run: Run) -> None:
             data[name] = {"error": f"{type(error).__name__}: {error}"}
             rows.append([name, None, None, None, None, f"{type(error).__name__}: {str(error)[:100]}", None])
             run.log(rows[-1])
-            acc.accelerate_transformer(transformer, acc.AccelerationPlan())
+            accelerate_transformer(transformer, AccelerationPlan())
             continue
         reference = out.float() if reference is None else reference
         seconds = statistics.median(times)
@@ -569,7 +573,7 @@ def section_forward(run: Run) -> None:
         rows[-1].append(entry["peak_gib"])
         run.log(rows[-1])
         run.save(f"forward_{run.args.model}", data)  # after each variant: a killed run keeps what it measured
-    acc.accelerate_transformer(transformer, acc.AccelerationPlan())
+    accelerate_transformer(transformer, AccelerationPlan())
     torch._dynamo.reset()  # compiled graphs hold on to the weights
     run.save(f"forward_{run.args.model}", data)
     run.table(
@@ -604,7 +608,7 @@ def section_vae(run: Run) -> None:
     with torch.no_grad():
         vae.decode(latents)  # warm-up: cuDNN handles and plans
         for name, tiled in [("untiled", False), ("tiled", True)]:
-            with acc.vae_tiling(vae, tiled):
+            with vae_tiling(vae, tiled):
                 reset_peak(device)
                 seconds = time_it(lambda: vae.decode(latents), device, 1)[0]
             peak = (torch.cuda.max_memory_allocated(device) - base) / GIB if device.type == "cuda" else None
@@ -662,8 +666,8 @@ def summarize(result: GenerationResult, kinds_36: list[str], last: bool = False)
     per video (transfers under offloading); else the median step of each kind.
     """
     t = result.timings
-    kinds = acc.step_kinds(
-        acc.AccelerationPlan(**{k: v for k, v in result.acceleration.items() if k != "vae_tiled"}),
+    kinds = step_kinds(
+        AccelerationPlan(**{k: v for k, v in result.acceleration.items() if k != "vae_tiled"}),
         result.request.num_inference_steps,
         result.request.guidance_scale > 1,
     )
@@ -689,7 +693,7 @@ def summarize(result: GenerationResult, kinds_36: list[str], last: bool = False)
         "forward_s": per_kind["cfg"] / 2,
         "total_s": t.total_s,
         "video_36_s": video,
-        "forwards_36": acc.forward_count(kinds_36),
+        "forwards_36": forward_count(kinds_36),
         "peak_gib": result.peak_memory_bytes / GIB if result.peak_memory_bytes else None,
         "vae_tiled": result.acceleration["vae_tiled"],
         "plan": result.acceleration,
@@ -711,7 +715,7 @@ def section_pipeline(run: Run, pipe=None) -> None:
     floor_tflops = run.results.get("attention", {}).get("matmul_tflops") or 790.0
     floor_video = 2 * FULL_STEPS * flops / floor_tflops / 1e12
     rows, data = [], {"flops_per_forward": flops, "floor_video_s": floor_video}
-    default_36 = acc.step_kinds(acc.AccelerationPlan(), FULL_STEPS, True)
+    default_36 = step_kinds(AccelerationPlan(), FULL_STEPS, True)
 
     # (a) Baseline: the plain diffusers call on an untouched pipeline.
     apply_acceleration(pipe, Acceleration.preset("plain"), device=device)
@@ -757,7 +761,7 @@ def section_pipeline(run: Run, pipe=None) -> None:
         fresh_prompt(pipe)
         result = generate(pipe, request_for(run, steps))
         results[name] = result
-        kinds_36 = acc.step_kinds(plan, FULL_STEPS, True)
+        kinds_36 = step_kinds(plan, FULL_STEPS, True)
         summary = summarize(result, kinds_36) | {"warm_up_s": warm}
         if "baseline" in data:
             summary["latent_rel_err_vs_baseline"] = rel_err(result.latents, base["latents"])
@@ -887,7 +891,7 @@ def section_full(run: Run, pipe=None) -> None:
         fresh_prompt(pipe)
         result = generate(pipe, request_for(run, FULL_STEPS))
         results[name] = result
-        summary = summarize(result, acc.step_kinds(plan, FULL_STEPS, True))
+        summary = summarize(result, step_kinds(plan, FULL_STEPS, True))
         data[name] = summary
         t = result.timings
         row = [name, t.total_s, t.denoising_s, summary["prompt_encoding_s"], summary["decode_s"], t.forwards]
@@ -960,7 +964,7 @@ def section_drift(run: Run, pipe=None) -> None:
             result = generate(pipe, request_for(run, FULL_STEPS, seed, low=True), options=options)
             errs.append(rel_err(result.latents, reference[seed].latents))
             psnrs.append(psnr(result.frames, reference[seed].frames))
-        forwards = acc.forward_count(acc.step_kinds(acc.resolve_plan(options, device), FULL_STEPS, True))
+        forwards = forward_count(step_kinds(resolve_plan(options, device), FULL_STEPS, True))
         data[name] = {"latent_rel_err": errs, "frames_psnr_db": psnrs, "forwards_36": forwards}
         rows.append([name, statistics.mean(errs), statistics.mean(psnrs), forwards])
         run.log(rows[-1])
@@ -981,9 +985,10 @@ def section_fp8diag(run: Run, pipe=None) -> None:
         pipe.transformer if pipe is not None else build_transformer(run.args.model, run.args.scale, device)
     )
     exact = "cudnn" if device.type == "cuda" else "triton"  # any kernel but sdpa installs the processors
-    acc.accelerate_transformer(transformer, acc.AccelerationPlan(attention=exact))
+    accelerate_transformer(transformer, AccelerationPlan(attention=exact))
+    from cosmos_pipeline.acceleration import attention as attention_module
+
     captured: list[torch.Tensor] = []
-    attention = acc.attention
 
     def capture(query, key, value, kernel):
         if not captured and query.shape[2] == key.shape[2]:
@@ -992,7 +997,7 @@ def section_fp8diag(run: Run, pipe=None) -> None:
 
     height, width, frames = TINY["size"] if run.args.scale == "tiny" else (704, 1280, 93)
     latent = (1, 16, (frames - 1) // 4 + 1, height // 8, width // 8)
-    acc.attention = capture
+    attention_module.attention = capture  # what the attention processors call
     try:
         with torch.no_grad():
             transformer(
@@ -1005,13 +1010,13 @@ def section_fp8diag(run: Run, pipe=None) -> None:
                 padding_mask=torch.zeros(1, 1, height, width, device=device, dtype=torch.bfloat16),
             )
     finally:
-        acc.attention = attention
-    acc.accelerate_transformer(transformer, acc.AccelerationPlan())
+        attention_module.attention = attention
+    accelerate_transformer(transformer, AccelerationPlan())
     q, k, v = captured
     random = [torch.randn_like(x) for x in (q, k, v)]
     rows, data = [], {}
     for inputs_name, (qq, kk, vv) in [("block-0 inputs", (q, k, v)), ("random inputs", random)]:
-        reference = acc.attention(qq, kk, vv, "fa3" if acc.fa3_available() else "sdpa")
+        reference = attention(qq, kk, vv, "fa3" if fa3_available() else "sdpa")
         stats = {
             "k_mean_over_rms": float(
                 kk.float().mean(2).norm() / kk.float().pow(2).mean().sqrt() / kk.shape[1] ** 0.5
@@ -1019,14 +1024,14 @@ def section_fp8diag(run: Run, pipe=None) -> None:
         }
         smooth_k, smooth_v = kk - kk.mean(2, keepdim=True), vv - vv.mean(2, keepdim=True)
         for kernel in (exact, "fp8-triton", "fp8-fa3", "fp8-fa3 smooth k, v"):
-            if kernel.startswith("fp8-fa3") and not acc.fa3_available():
+            if kernel.startswith("fp8-fa3") and not fa3_available():
                 continue
             if kernel == "fp8-fa3 smooth k, v":
-                out = acc.attention(qq, smooth_k, smooth_v, "fp8-fa3") + vv.mean(2, keepdim=True).transpose(
+                out = attention(qq, smooth_k, smooth_v, "fp8-fa3") + vv.mean(2, keepdim=True).transpose(
                     1, 2
                 ).flatten(2, 3)
             else:
-                out = acc.attention(qq, kk, vv, kernel)
+                out = attention(qq, kk, vv, kernel)
             err = rel_err(out, reference)
             rows.append([inputs_name, kernel, err])
             data[f"{inputs_name} {kernel}"] = err
@@ -1077,7 +1082,7 @@ def section_distilled(run: Run, pipe=None) -> None:
     reset_peak(device)
     fresh_prompt(pipe)
     result = generate(pipe, request)
-    summary = summarize(result, acc.step_kinds(plan, FULL_STEPS, True))
+    summary = summarize(result, step_kinds(plan, FULL_STEPS, True))
     data["default"] = summary
     run.save(f"distilled_{run.args.model}", data)
     denoising = summary["video_36_s"] - summary["prompt_encoding_s"] - summary["decode_s"]

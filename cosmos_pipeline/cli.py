@@ -9,7 +9,7 @@ import argparse
 from collections.abc import Sequence
 from typing import Any, get_args
 
-from cosmos_pipeline.acceleration import Acceleration, AttentionKernel, Offload
+from cosmos_pipeline.acceleration.options import Acceleration, AttentionKernel, Offload
 from cosmos_pipeline.errors import GuardrailUnavailableError, InputError
 from cosmos_pipeline.request import DEFAULT_MODEL_ID, DEFAULT_REVISION, RESOLUTIONS
 

@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-from cosmos_pipeline.acceleration import text_encoder_on_device
+from cosmos_pipeline.acceleration.memory import text_encoder_on_device
 from cosmos_pipeline.generate import Timings
 
 DISTILLED_SIGMAS: tuple[float, ...] = (1.0, 15 / 16, 5 / 6, 5 / 8)

@@ -16,17 +16,9 @@ import numpy as np
 import PIL.Image
 import torch
 
-from cosmos_pipeline.acceleration import (
-    Acceleration,
-    AccelerationPlan,
-    apply_acceleration,
-    current_plan,
-    forward_count,
-    step_kinds,
-    text_encoder_on_device,
-    use_tiled_decode,
-    vae_tiling,
-)
+from cosmos_pipeline.acceleration.apply import apply_acceleration, current_plan
+from cosmos_pipeline.acceleration.memory import text_encoder_on_device, use_tiled_decode, vae_tiling
+from cosmos_pipeline.acceleration.options import Acceleration, AccelerationPlan, forward_count, step_kinds
 from cosmos_pipeline.cfg_parallel import CFG_PARALLEL_ATTRIBUTE, CfgParallel
 from cosmos_pipeline.media import fit_frames, read_image, read_video
 from cosmos_pipeline.request import GenerationRequest

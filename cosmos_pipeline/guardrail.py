@@ -1,19 +1,15 @@
 """The Cosmos guardrail, and the explicit way to run without it.
 
 `Cosmos2_5_PredictBasePipeline(safety_checker=None)` does not disable the guardrail: it builds
-`cosmos_guardrail.CosmosSafetyChecker`, which downloads its own models. So the choice is made
-here, once: the real guardrail when it is on, a pass-through object when the user turned it off.
-The effective choice is reported with every result.
+`cosmos_guardrail.CosmosSafetyChecker`, which downloads its own models. So the choice is made once
+(`GenerationRequest.guardrail_enabled`) and loaded here: the real guardrail when it is on, a pass-through
+object when the user turned it off. The effective choice is reported with every result.
 """
-
-from typing import Literal
 
 import numpy as np
 import torch
 
 from cosmos_pipeline.errors import GuardrailUnavailableError
-
-GuardrailMode = Literal["auto", "on", "off"]
 
 
 class PassThroughSafetyChecker(torch.nn.Module):
@@ -37,11 +33,6 @@ class PassThroughSafetyChecker(torch.nn.Module):
 
     def check_video_safety(self, frames: np.ndarray) -> np.ndarray:
         return frames
-
-
-def effective_guardrail(mode: GuardrailMode, embedded: bool) -> bool:
-    """`auto` means on for real models and off for the embedded model, which cannot run it offline."""
-    return (not embedded) if mode == "auto" else mode == "on"
 
 
 def load_safety_checker(enabled: bool) -> torch.nn.Module:

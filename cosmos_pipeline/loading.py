@@ -13,9 +13,9 @@ from pathlib import Path
 import torch
 
 from cosmos_pipeline import cfg_parallel, tiny
-from cosmos_pipeline.acceleration import apply_acceleration
+from cosmos_pipeline.acceleration.apply import apply_acceleration
 from cosmos_pipeline.cfg_parallel import cfg_parallel_device
-from cosmos_pipeline.guardrail import effective_guardrail, load_safety_checker
+from cosmos_pipeline.guardrail import load_safety_checker
 from cosmos_pipeline.request import GenerationRequest
 
 logger = logging.getLogger(__name__)
@@ -39,14 +39,13 @@ class PipelineKey:
 
     @classmethod
     def for_request(cls, request: GenerationRequest) -> "PipelineKey":
-        embedded = tiny.is_embedded(request.model_id)
         return cls(
             model_id=request.model_id,
             revision=request.revision,
             dtype=request.dtype,
             device=resolve_device(request.device),
             device_map=request.device_map,
-            guardrail=effective_guardrail(request.guardrail, embedded),
+            guardrail=request.guardrail_enabled,
             lora_path=None if request.lora_path is None else str(request.lora_path.resolve()),
             lora_scale=request.lora_scale,
             cfg_parallel=cfg_parallel_device(

@@ -8,7 +8,7 @@ window are 4k+1, so the last window is sized to what remains.
 
 import numpy as np
 
-from cosmos_pipeline.acceleration import Acceleration
+from cosmos_pipeline.acceleration.options import Acceleration
 from cosmos_pipeline.generate import GenerationResult, StepCallback, Timings, generate
 from cosmos_pipeline.request import VAE_TEMPORAL_FACTOR, GenerationRequest
 

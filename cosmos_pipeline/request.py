@@ -14,10 +14,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from cosmos_pipeline.guardrail import GuardrailMode
 from cosmos_pipeline.media import IMAGE_SUFFIXES, VIDEO_SUFFIXES, FitMode
 
 DEFAULT_MODEL_ID = "nvidia/Cosmos-Predict2.5-2B"
+EMBEDDED_MODEL_ID = "embedded:tiny"  # the offline model shipped with the project (cosmos_pipeline.tiny)
 DEFAULT_REVISION = "diffusers/base/post-trained"
 # Named sizes (height, width). 720p is what the model was trained for; 480p is the native
 # scripts' smaller preset; 256p is a preview size that keeps the embedded model fast on a CPU.
@@ -27,6 +27,7 @@ VAE_TEMPORAL_FACTOR = 4  # Wan 2.1 VAE: 4 frames per latent frame (after the fir
 SIZE_MULTIPLE = 16  # 8x VAE downsampling times the transformer's 2x2 patches
 
 Dtype = Literal["bfloat16", "float16", "float32"]
+GuardrailMode = Literal["auto", "on", "off"]  # auto: on for real models, off for the embedded one
 Mode = Literal["text2world", "image2world", "video2world", "text2image", "image2image"]
 
 
@@ -167,6 +168,15 @@ class GenerationRequest(BaseModel):
         if self.source == "image":
             return 1
         return VAE_TEMPORAL_FACTOR * (self.num_latent_conditional_frames - 1) + 1
+
+    @property
+    def is_embedded(self) -> bool:
+        return self.model_id == EMBEDDED_MODEL_ID
+
+    @property
+    def guardrail_enabled(self) -> bool:
+        """`auto` means on for real models and off for the embedded model, which cannot run it offline."""
+        return (not self.is_embedded) if self.guardrail == "auto" else self.guardrail == "on"
 
     @property
     def is_long(self) -> bool:

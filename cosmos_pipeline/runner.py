@@ -4,7 +4,7 @@ long video) and write (the output and its sidecar, atomically). The Prefect task
 from pathlib import Path
 from typing import Any
 
-from cosmos_pipeline.acceleration import Acceleration
+from cosmos_pipeline.acceleration.options import Acceleration
 from cosmos_pipeline.generate import GenerationResult, StepCallback, generate
 from cosmos_pipeline.long_video import generate_long
 from cosmos_pipeline.media import write_image, write_video

@@ -31,13 +31,12 @@ from pydantic_settings import (
 )
 
 from cosmos_pipeline import bundle
-from cosmos_pipeline.acceleration import Acceleration
+from cosmos_pipeline.acceleration.options import Acceleration
 from cosmos_pipeline.bundle import DEFAULT_OUTPUT_DIR, Plan, Row
 from cosmos_pipeline.errors import InputError
-from cosmos_pipeline.guardrail import GuardrailMode
 from cosmos_pipeline.media import FitMode
 from cosmos_pipeline.policy import Policy
-from cosmos_pipeline.request import DEFAULT_REVISION, RESOLUTIONS, Dtype, GenerationRequest
+from cosmos_pipeline.request import DEFAULT_REVISION, RESOLUTIONS, Dtype, GenerationRequest, GuardrailMode
 
 # Profiles are looked up in the working directory's configs/ first (a deployment's checkout), then
 # next to this package (an editable install run from elsewhere).

@@ -5,17 +5,19 @@ import os
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cosmos_pipeline
-from cosmos_pipeline.generate import GenerationResult
+
+if TYPE_CHECKING:  # the sidecar is read where no model runs: no torch import for that
+    from cosmos_pipeline.generate import GenerationResult
 
 
 def sidecar_path(output_path: Path) -> Path:
     return output_path.with_name(output_path.name + ".json")
 
 
-def sidecar_record(result: GenerationResult, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+def sidecar_record(result: "GenerationResult", extra: dict[str, Any] | None = None) -> dict[str, Any]:
     import diffusers
     import torch
 
@@ -53,7 +55,7 @@ def sidecar_record(result: GenerationResult, extra: dict[str, Any] | None = None
     }
 
 
-def write_sidecar(result: GenerationResult, output_path: Path, extra: dict[str, Any] | None = None) -> Path:
+def write_sidecar(result: "GenerationResult", output_path: Path, extra: dict[str, Any] | None = None) -> Path:
     """Write atomically; the sidecar follows its output, so it is replaced with it."""
     path = sidecar_path(output_path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)

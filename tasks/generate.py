@@ -19,7 +19,7 @@ from prefect.cache_policies import NONE
 from prefect.client.schemas.objects import State, TaskRun
 from prefect.concurrency.sync import concurrency
 
-from cosmos_pipeline.acceleration import Acceleration
+from cosmos_pipeline.acceleration.options import Acceleration
 from cosmos_pipeline.errors import GuardrailUnavailableError, InputError
 from cosmos_pipeline.generate import GenerationResult, UnsafeContentError
 from cosmos_pipeline.loading import PIPELINES, PipelineKey, resolve_device

@@ -31,11 +31,9 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NONE
 
 import cosmos_pipeline
-from cosmos_pipeline.guardrail import effective_guardrail
 from cosmos_pipeline.media import content_hash
 from cosmos_pipeline.request import GenerationRequest
 from cosmos_pipeline.settings import Settings
-from cosmos_pipeline.tiny import is_embedded
 from tasks.generate import Generation
 from tasks.postprocess import Postprocessed
 from tasks.scrub import scrub, scrub_value
@@ -136,7 +134,7 @@ def request_params(request: GenerationRequest) -> dict[str, str]:
     """Every resolved request field, and what derives from them (mode, effective guardrail)."""
     params = {key: _cut(value) for key, value in request.model_dump(mode="json").items()}
     params["mode"] = request.mode
-    params["guardrail_enabled"] = str(effective_guardrail(request.guardrail, is_embedded(request.model_id)))
+    params["guardrail_enabled"] = str(request.guardrail_enabled)
     return params
 
 

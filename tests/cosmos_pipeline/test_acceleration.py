@@ -6,9 +6,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cosmos_pipeline import acceleration as acc
-from cosmos_pipeline import kernels
-from cosmos_pipeline.acceleration import Acceleration, AccelerationPlan, ComponentBytes, resolve_plan
+from cosmos_pipeline.acceleration import kernels
+from cosmos_pipeline.acceleration.apply import apply_acceleration, current_plan
+from cosmos_pipeline.acceleration.attention import attention
+from cosmos_pipeline.acceleration.memory import place, use_tiled_decode, vae_tiling
+from cosmos_pipeline.acceleration.options import Acceleration, AccelerationPlan, forward_count, step_kinds
+from cosmos_pipeline.acceleration.plan import ComponentBytes, choose_offload, decode_bytes, resolve_plan
 from cosmos_pipeline.generate import generate
 from cosmos_pipeline.loading import PipelineKey, load_pipeline
 
@@ -95,7 +98,7 @@ def test_other_gpus_fall_back_cleanly():
     ],
 )
 def test_offload_follows_the_memory_budget(sizes, budget_gib, expected):
-    assert acc.choose_offload(budget_gib * GIB, sizes) == expected
+    assert choose_offload(budget_gib * GIB, sizes) == expected
     plan = resolve_plan(Acceleration(), CUDA, capability=(9, 0), sizes=sizes, budget=budget_gib * GIB)
     assert plan.offload == expected
     assert resolve_plan(Acceleration(offload="none"), CUDA, (9, 0), sizes, budget_gib * GIB).offload == "none"
@@ -103,15 +106,15 @@ def test_offload_follows_the_memory_budget(sizes, budget_gib, expected):
 
 def test_step_schedule():
     default = AccelerationPlan()
-    assert acc.step_kinds(default, 36, do_cfg=True) == ["cfg"] * 36
-    assert acc.step_kinds(default, 36, do_cfg=False) == ["cond"] * 36
+    assert step_kinds(default, 36, do_cfg=True) == ["cfg"] * 36
+    assert step_kinds(default, 36, do_cfg=False) == ["cond"] * 36
 
     fast = resolve_plan(Acceleration.preset("fast"), CPU)
-    kinds = acc.step_kinds(fast, 36, do_cfg=True)
-    assert acc.forward_count(kinds) == 41
+    kinds = step_kinds(fast, 36, do_cfg=True)
+    assert forward_count(kinds) == 41
     assert kinds[:9] == ["cond"] * 9 and kinds[9:18] == ["cfg"] * 9  # guidance on [0.25, 0.75)
     assert [i for i, kind in enumerate(kinds) if kind == "reuse"] == list(range(19, 36, 2))
-    assert acc.step_kinds(fast, 1, do_cfg=True) == ["cond"]  # a first step always runs the transformer
+    assert step_kinds(fast, 1, do_cfg=True) == ["cond"]  # a first step always runs the transformer
 
 
 # ----------------------------------------------------------------------------- on the embedded model
@@ -168,31 +171,31 @@ def test_levers_are_undone_when_the_options_change(pipe, plain):
     again = generate(pipe, tiny_request(num_inference_steps=4), options=Acceleration.preset("plain"))
     assert not any(isinstance(m, kernels.FP8Linear) for m in pipe.transformer.modules())
     assert torch.equal(again.latents, plain.latents)
-    assert acc.apply_acceleration(pipe, Acceleration.preset("plain")) is acc.current_plan(pipe)  # a no-op
+    assert apply_acceleration(pipe, Acceleration.preset("plain")) is current_plan(pipe)  # a no-op
 
 
 def test_text_encoder_offload_keeps_the_output(pipe, plain):
     """The placement code path on the CPU: the encoder's weights go to (pinnable) host copies and back."""
     request = tiny_request(num_inference_steps=4)
-    acc._place(pipe, acc.current_plan(pipe), "text_encoder", CPU)
+    place(pipe, current_plan(pipe), "text_encoder", CPU)
     try:
         pipe.__dict__.pop("_cosmos_prompt_cache", None)
         offloaded = generate(pipe, request)
         assert pipe.__dict__["_cosmos_text_encoder_offload"] is not None
     finally:
-        acc._place(pipe, AccelerationPlan(offload="text_encoder"), "none", CPU)
+        place(pipe, AccelerationPlan(offload="text_encoder"), "none", CPU)
     assert "_cosmos_text_encoder_offload" not in pipe.__dict__
     assert torch.equal(offloaded.latents, plain.latents)
 
 
 def test_vae_tiling_only_for_the_duration(pipe):
-    assert not acc.use_tiled_decode(AccelerationPlan(vae_tiling="auto"), CPU, 704, 1280, 93)
-    assert acc.use_tiled_decode(AccelerationPlan(vae_tiling="on"), CPU, 64, 64, 9)
+    assert not use_tiled_decode(AccelerationPlan(vae_tiling="auto"), CPU, 704, 1280, 93)
+    assert use_tiled_decode(AccelerationPlan(vae_tiling="on"), CPU, 64, 64, 9)
     assert not pipe.vae.use_tiling
-    with acc.vae_tiling(pipe.vae, True):
+    with vae_tiling(pipe.vae, True):
         assert pipe.vae.use_tiling
     assert not pipe.vae.use_tiling
-    assert acc.decode_bytes(704, 1280, 93) > acc.decode_bytes(704, 1280, 93, tiled=True)
+    assert decode_bytes(704, 1280, 93) > decode_bytes(704, 1280, 93, tiled=True)
 
 
 def test_regional_compile_builds_one_graph_for_all_blocks(pipe, plain):
@@ -221,7 +224,7 @@ def test_attention_kernels_fall_back_to_sdpa_off_the_gpu():
     q, k, v = (torch.randn(1, 40, 2, 64).transpose(1, 2) for _ in range(3))
     expected = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).flatten(2, 3)
     for kernel in ("sdpa", "triton", "fp8-triton", "fa3"):
-        assert torch.equal(acc.attention(q, k, v, kernel), expected)
+        assert torch.equal(attention(q, k, v, kernel), expected)
 
 
 def test_fp8_attention_error_is_bounded_and_centring_removes_a_common_key_component():

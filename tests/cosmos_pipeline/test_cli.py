@@ -3,7 +3,7 @@
 import pytest
 
 from cosmos_pipeline import cli
-from cosmos_pipeline.acceleration import Acceleration
+from cosmos_pipeline.acceleration.options import Acceleration
 
 SEED_FLAGS = {
     "input_path": "x.json",

@@ -4,8 +4,9 @@ import pytest
 
 from cosmos_pipeline import loading
 from cosmos_pipeline.errors import GuardrailUnavailableError
-from cosmos_pipeline.guardrail import PassThroughSafetyChecker, effective_guardrail, load_safety_checker
+from cosmos_pipeline.guardrail import PassThroughSafetyChecker, load_safety_checker
 from cosmos_pipeline.loading import PipelineCache, PipelineKey, model_location
+from cosmos_pipeline.request import GenerationRequest
 from cosmos_pipeline.runner import generate_request, write_outputs
 
 from .conftest import tiny_request
@@ -46,10 +47,13 @@ def test_cuda_falls_back_to_cpu_without_a_gpu(monkeypatch):
 
 
 def test_guardrail_choice():
-    assert effective_guardrail("auto", embedded=True) is False
-    assert effective_guardrail("auto", embedded=False) is True
-    assert effective_guardrail("on", embedded=True) is True
-    assert effective_guardrail("off", embedded=False) is False
+    def enabled(mode: str, model_id: str) -> bool:
+        return GenerationRequest(prompt="p", guardrail=mode, model_id=model_id).guardrail_enabled
+
+    assert enabled("auto", "embedded:tiny") is False
+    assert enabled("auto", "nvidia/Cosmos-Predict2.5-2B") is True
+    assert enabled("on", "embedded:tiny") is True
+    assert enabled("off", "nvidia/Cosmos-Predict2.5-2B") is False
     assert isinstance(load_safety_checker(False), PassThroughSafetyChecker)
 
 
