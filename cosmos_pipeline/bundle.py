@@ -68,7 +68,7 @@ def read_bundle(path: Path, policy: Policy = LOCAL_POLICY) -> list[dict[str, Any
     except (OSError, UnicodeDecodeError) as error:
         raise InputError(f"bundle not readable: {path} ({error})") from None
     lines = text.splitlines() if path.suffix.lower() == ".jsonl" else [text]
-    entries = []
+    entries, unreadable = [], []
     for number, line in enumerate(lines, start=1):
         if not line.strip() and path.suffix.lower() == ".jsonl":
             continue
@@ -76,17 +76,18 @@ def read_bundle(path: Path, policy: Policy = LOCAL_POLICY) -> list[dict[str, Any
         try:
             entry = json.loads(line)
         except json.JSONDecodeError as error:
-            raise InputError(f"bundle {where} is not valid JSON: {error}") from None
+            unreadable.append(f"bundle {where} is not valid JSON: {error}")
+            continue
         if not isinstance(entry, dict):
-            raise InputError(f"bundle {where} must hold a JSON object, not {type(entry).__name__}")
-        for key in PATH_KEYS:
-            value = entry.get(key)
-            if value is not None and not isinstance(value, str):
-                raise InputError(f"bundle {where}: `{key}` must be a path string, not {value!r}")
-            if value:
-                entry[key] = str(path.parent / value)
+            unreadable.append(f"bundle {where} must hold a JSON object, not {type(entry).__name__}")
+            continue
+        for key in PATH_KEYS:  # a value that is no path is its row's problem (`request_rows`)
+            if isinstance(entry.get(key), str) and entry[key]:
+                entry[key] = str(path.parent / entry[key])
         entry["_where"] = where
         entries.append(entry)
+    if unreadable:  # every line that holds no request, not only the first
+        raise InputError("; ".join(unreadable))
     if not entries:
         raise InputError(f"bundle {path} holds no requests")
     return entries
@@ -268,8 +269,11 @@ def request_rows(
     for index, entry in enumerate(entries, start=1):
         row = Row(index, entry.pop("_where"), {})
         rows.append(row)
-        name = entry.get("name")
-        row.problems += [Problem(index, name, key, message) for key, message in unknown_keys(entry).items()]
+        problems = unknown_keys(entry)
+        for key in PATH_KEYS:
+            if entry.get(key) is not None and not isinstance(entry[key], str):
+                problems[key] = f"must be a path string, not {entry.pop(key)!r}"
+        row.problems += [Problem(index, entry.get("name"), key, message) for key, message in problems.items()]
         try:
             layered = merge(explicit, entry, policy)
         except InputError as error:  # an unreadable prompt file, a non-text prompt, an unknown resolution

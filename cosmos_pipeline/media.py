@@ -204,30 +204,37 @@ def _reason(error: Exception) -> str:
 
 def _open_image(path: Path, size: tuple[int, int] | None) -> tuple[Image.Image, tuple[int, int]]:
     """The decoded image as upright 8-bit sRGB, and its full upright (width, height) (larger than the
-    image when a JPEG was decoded at reduced scale for `size`, a (height, width))."""
+    image when a JPEG was decoded at reduced scale for `size`, a (height, width)).
+
+    Pillow gets the open file, not its name: given a name it maps raw TIFF data into memory at the size
+    it reports after EXIF orientation, which scrambles a TIFF that orientation turns (Pillow 13).
+    """
     try:
-        with Image.open(path) as image:
-            full_size = image.size
-            transposed = image.getexif().get(ExifTags.Base.Orientation) in (5, 6, 7, 8)
-            if size is not None:  # a no-op for anything but JPEG
-                image.draft(image.mode, (size[0], size[1]) if transposed else (size[1], size[0]))
-            image.load()
-            _png_key_in_pixel_scale(image, path)
-            ImageOps.exif_transpose(image, in_place=True)
+        with open(path, "rb") as file:
+            header = file.read(25)  # a PNG's signature and IHDR, up to its bit depth
+            file.seek(0)
+            with Image.open(file) as image:
+                header_size = image.size
+                if size is not None:  # a no-op but for JPEG, whose pixels are stored unturned
+                    turned = image.getexif().get(ExifTags.Base.Orientation) in (5, 6, 7, 8)
+                    image.draft(image.mode, (size[0], size[1]) if turned else (size[1], size[0]))
+                image.load()
+                decoded_size = image.size
+                ImageOps.exif_transpose(image, in_place=True)  # Pillow turns a TIFF while loading it
+                _png_key_in_pixel_scale(image, header)
     except Exception as error:  # Pillow raises many types on malformed files (SyntaxError, struct.error...)
         raise InputError(f"input media corrupt or not an image: {path}: {_reason(error)}") from None
-    return _to_rgb(image, path), (full_size[::-1] if transposed else full_size)
+    full_size = header_size[::-1] if image.size != decoded_size else header_size
+    return _to_rgb(image, path), full_size
 
 
-def _png_key_in_pixel_scale(image: Image.Image, path: Path) -> None:
+def _png_key_in_pixel_scale(image: Image.Image, header: bytes) -> None:
     """Pillow keeps a PNG's transparent key colour (tRNS) in the file's sample scale, while it scales
     1-, 2- and 4-bit grey pixels to 0-255 and cuts 16-bit RGB ones to their high byte: match them."""
     key = image.info.get("transparency")
     if image.format != "PNG" or key is None or image.mode not in ("1", "L", "RGB"):
         return
-    with open(path, "rb") as f:
-        header = f.read(25)  # the signature, then IHDR: its bit depth is byte 24
-    bit_depth = header[24] if len(header) == 25 else 8
+    bit_depth = header[24] if len(header) == 25 else 8  # IHDR, the first chunk, holds it in byte 24
     if image.mode in ("1", "L") and bit_depth < 8:
         image.info["transparency"] = key * 255 // (2**bit_depth - 1)
     elif image.mode == "RGB" and bit_depth == 16:

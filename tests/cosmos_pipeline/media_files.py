@@ -15,6 +15,11 @@ PNG_TYPES = {
     6: (4, (8, 16)),  # RGB + alpha
 }
 WHITE = 255.0  # the background transparent pixels are composited on (cosmos_pipeline.media)
+ORIENTATIONS = {  # EXIF orientation -> how the stored pixels (H, W, C) are turned upright
+    1: lambda a: a, 2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],
+    5: lambda a: a.transpose(1, 0, 2), 6: lambda a: np.rot90(a, -1),
+    7: lambda a: a[::-1, ::-1].transpose(1, 0, 2), 8: lambda a: np.rot90(a, 1),
+}  # fmt: skip
 
 
 def _chunk(kind: bytes, data: bytes) -> bytes:

@@ -125,7 +125,7 @@ def test_same_output_twice_is_refused(tmp_path):
         ("[1, 2]", "must hold a JSON object"),
         ('{"prompt": "p", "num_output_frames": "many"}', "`num_frames`: Input should be a valid integer"),
         ('{"prompt": 3}', "`prompt`"),
-        ('{"prompt": "p", "input_path": 5}', "`input_path` must be a path string"),
+        ('{"prompt": "p", "input_path": 5}', "`input_path`: must be a path string, not 5"),
         ('{"prompt": ""}', "prompt is empty"),
         ('{"prompt": "p", "resolution": "999p"}', "unknown resolution"),
     ],
@@ -193,3 +193,21 @@ def test_readme_lists_the_ignored_upstream_keys():
     readme = (REPO / "README.md").read_text()
     [listed] = re.findall(r"accepted and ignored: ((?:`\w+`(?:, )?)+)\.", readme.replace("\n", " "))
     assert re.findall(r"`(\w+)`", listed) == list(UPSTREAM_IGNORED_KEYS)
+
+
+def test_every_bad_line_of_a_batch_is_named(tmp_path):
+    bundle = tmp_path / "b.jsonl"
+    bundle.write_text('{"prompt": "a"}\n{not json\n[1]\n{"prompt": "b", "input_path": 5, "num_steps": 0}\n')
+    with pytest.raises(
+        InputError, match=r"b.jsonl:2 is not valid JSON: .*; bundle .*b.jsonl:3 must hold a JSON"
+    ):
+        read_bundle(bundle)
+    bundle.write_text(
+        '{"prompt": "a", "input_path": ["x.png"]}\n{"prompt": "b", "input_path": 5, "num_steps": 0}\n'
+    )
+    rows = request_rows({"input_path": str(bundle), "output_path": str(tmp_path / "out")})
+    assert [[p.field for p in row.problems] for row in rows] == [
+        ["input_path"],
+        ["input_path", "num_inference_steps"],
+    ]
+    assert rows[1].problems[0].message == "must be a path string, not 5"

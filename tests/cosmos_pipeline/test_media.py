@@ -25,7 +25,7 @@ from cosmos_pipeline.media import (
 )
 
 from .conftest import ASSETS
-from .media_files import PNG_TYPES, expected_rgb, png_bytes
+from .media_files import ORIENTATIONS, PNG_TYPES, expected_rgb, png_bytes
 
 
 def _frames(num_frames: int = 9, height: int = 64, width: int = 96) -> np.ndarray:
@@ -279,20 +279,16 @@ def test_colour_profile_is_applied_and_a_broken_one_is_reported(tmp_path, caplog
     assert "broken.png: its colour profile cannot be applied" in caplog.text
 
 
-ORIENTATIONS = {  # EXIF orientation -> how the stored pixels are turned upright
-    1: lambda a: a, 2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],
-    5: lambda a: a.transpose(1, 0, 2), 6: lambda a: np.rot90(a, -1),
-    7: lambda a: a[::-1, ::-1].transpose(1, 0, 2), 8: lambda a: np.rot90(a, 1),
-}  # fmt: skip
-
-
 @pytest.mark.parametrize("orientation", ORIENTATIONS)
-def test_exif_orientation_is_applied(tmp_path, orientation):
-    stored = np.random.default_rng(orientation).integers(0, 256, (MIN_INPUT_SIDE, 24, 3), dtype=np.uint8)
+@pytest.mark.parametrize("name", ["photo.png", "scan.tif"])
+def test_exif_orientation_is_applied(tmp_path, orientation, name):
+    """PNG carries EXIF; Pillow turns a TIFF itself (and scrambled a grey one opened by name)."""
+    stored = np.random.default_rng(orientation).integers(0, 256, (MIN_INPUT_SIDE, 24, 1), dtype=np.uint8)
     exif = Image.Exif()
     exif[0x0112] = orientation
-    Image.fromarray(stored).save(tmp_path / "photo.png", exif=exif)
-    np.testing.assert_array_equal(read_image(tmp_path / "photo.png"), ORIENTATIONS[orientation](stored))
+    Image.fromarray(stored[..., 0]).save(tmp_path / name, exif=exif)
+    upright = np.repeat(ORIENTATIONS[orientation](stored), 3, axis=-1)
+    np.testing.assert_array_equal(read_image(tmp_path / name), upright)
 
 
 def test_large_jpeg_is_decoded_at_the_scale_it_is_fitted_to(tmp_path):
