@@ -15,13 +15,14 @@ is remembered by (path, size, mtime), so a second load does not read the checkpo
 
 import functools
 import hashlib
+import io
 import json
 import os
 import re
 import shutil
 import tempfile
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -159,19 +160,26 @@ class NativeCheckpoint:
 
 
 def _load_pt(path: Path) -> dict[str, torch.Tensor]:
-    """Tensors only (`weights_only=True`), memory-mapped where the file format allows it."""
+    """Tensors only (`weights_only=True`), memory-mapped where the file format allows it.
+
+    Transformer Engine wrote its `_extra_state` (dropped later) as an `io.BytesIO` in older versions; a
+    byte buffer runs no code, so it is the one non-tensor type allowed in.
+    """
     try:
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as error:  # files in the legacy (non-zip) format cannot be memory-mapped
-            if "mmap" not in str(error):
-                raise
-            state = torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals([io.BytesIO]):
+            try:
+                state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError as error:  # files in the legacy (non-zip) format cannot be memory-mapped
+                if "mmap" not in str(error):
+                    raise
+                state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
+        lines = str(error).splitlines() or [""]
+        detail = next((line for line in lines if "Unsupported global" in line), lines[0])[:300]
         raise NativeCheckpointError(
-            f"could not read {path} as a PyTorch checkpoint with weights_only=True "
-            f"({type(error).__name__}: {str(error).splitlines()[0][:300]}). Is the file complete (compare "
-            "its size with the source), and written by torch.save (e.g. NVIDIA's convert_distcp_to_pt.py)?"
+            f"could not read {path} as a PyTorch checkpoint with weights_only=True ({type(error).__name__}: "
+            f"{detail}). Is the file complete (compare its size with the source), and written by torch.save "
+            "(e.g. NVIDIA's convert_distcp_to_pt.py)?"
         ) from error
     if not isinstance(state, dict):
         raise NativeCheckpointError(
@@ -305,7 +313,7 @@ def _write_atomically(path: Path, text: str) -> None:
     os.replace(temp, path)
 
 
-def _cached_folder(name: str, marker: str, build) -> Path:
+def _cached_folder(name: str, marker: str, build: Callable[[Path], None]) -> Path:
     """`cache_root()/name`, built once by `build(staging)`; of concurrent builders, one wins the rename."""
     target = cache_root() / name
     if (target / marker).exists():
@@ -407,7 +415,7 @@ def native_transformer(
     from diffusers import CosmosTransformer3DModel
 
     folder = converted_transformer_dir(checkpoint, base_location, base_revision)
-    return CosmosTransformer3DModel.from_pretrained(folder, torch_dtype=dtype)
+    return CosmosTransformer3DModel.from_pretrained(folder, dtype=dtype)
 
 
 # ----------------------------------------------------------------------------- LoRA

@@ -5,6 +5,7 @@ here independently of `cosmos_pipeline.native`), with the keys NVIDIA's files ca
 Sizes are read off the embedded model, never hard-coded.
 """
 
+import io
 import os
 import warnings
 from pathlib import Path
@@ -64,6 +65,7 @@ def native_state(weights: dict[str, torch.Tensor], ema: bool) -> dict[str, torch
     state["net.accum_iteration"] = torch.tensor(1000)
     state[prefix + "pos_embedder.seq"] = torch.arange(16.0)
     state[prefix + "blocks.0.self_attn.attn_op._extra_state"] = torch.zeros(4, dtype=torch.uint8)
+    state[prefix + "blocks.0.cross_attn.attn_op._extra_state"] = io.BytesIO(b"te")  # older Transformer Engine
     return state
 
 
