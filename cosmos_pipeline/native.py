@@ -69,8 +69,8 @@ EMA, REGULAR = "net_ema.", "net."
 PEFT_PREFIX = "base_model.model."
 LORA_KEY = re.compile(r"\.lora_([AB])\.default\.weight$")
 
-# Sizes NVIDIA releases, by (layers, hidden size), and the hub model that provides their other components.
-KNOWN_SIZES = {(28, 2048): "nvidia/Cosmos-Predict2.5-2B", (36, 5120): "nvidia/Cosmos-Predict2.5-14B"}
+# Sizes NVIDIA releases, by (layers, hidden size); each one's hub model provides its other components.
+RELEASED_SIZES = {(28, 2048): "2B", (36, 5120): "14B"}
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 
 
@@ -86,10 +86,14 @@ class NativeSize:
     hidden_size: int
     head_dim: int
 
+    @property
+    def hub_model(self) -> str | None:
+        """NVIDIA's hub model of this size, if it is a released one."""
+        name = RELEASED_SIZES.get((self.num_layers, self.hidden_size))
+        return None if name is None else f"nvidia/Cosmos-Predict2.5-{name}"
+
     def describe(self) -> str:
-        name = {"nvidia/Cosmos-Predict2.5-2B": "2B", "nvidia/Cosmos-Predict2.5-14B": "14B"}.get(
-            KNOWN_SIZES.get((self.num_layers, self.hidden_size), ""), "an unreleased size"
-        )
+        name = RELEASED_SIZES.get((self.num_layers, self.hidden_size), "an unreleased size")
         return f"{self.num_layers} layers, hidden size {self.hidden_size} ({name})"
 
 
@@ -261,13 +265,12 @@ def checkpoint_size(checkpoint: str | Path) -> NativeSize:
 def base_model_for(checkpoint: str | Path) -> str:
     """The hub model whose text encoder, VAE and transformer config a checkpoint of this size uses."""
     size = checkpoint_size(checkpoint)
-    try:
-        return KNOWN_SIZES[(size.num_layers, size.hidden_size)]
-    except KeyError:
+    if size.hub_model is None:
         raise NativeCheckpointError(
             f"{checkpoint} has {size.describe()}: neither the 2B (28 layers, 2048) nor the 14B (36, 5120), "
             "so there is no default base model. Pass --base_model_id with the model it was trained from."
-        ) from None
+        )
+    return size.hub_model
 
 
 # ----------------------------------------------------------------------------- cache
@@ -363,7 +366,7 @@ def _convert_transformer(native: NativeCheckpoint, config: dict, staging: Path) 
         model.config.attention_head_dim,
     )
     if size != base_size:
-        hint = KNOWN_SIZES.get((size.num_layers, size.hidden_size), "the model it was trained from")
+        hint = size.hub_model or "the model it was trained from"
         raise NativeCheckpointError(
             f"{native.path} has {size.describe()} but the base model's transformer has "
             f"{base_size.describe()}: pass --base_model_id with a base of the checkpoint's size ({hint})"
