@@ -1,6 +1,10 @@
 """Media IO: check, read, fit and write images and videos.
 
 Inputs are checked here before any model loads, so a bad file costs milliseconds, not a model load.
+An input is decoded completely before any of it is used: a truncated or corrupt file is refused with
+the decoder's reason, never read up to the damage. Images of any mode become 8-bit sRGB (scaled, not
+clipped; transparency composited on white).
+
 Outputs are written atomically (temp file in the same directory, then rename) and never replace an
 existing file unless asked, so an interrupted or concurrent run cannot leave a half-written or
 clobbered result behind.
