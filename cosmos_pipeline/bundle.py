@@ -9,7 +9,6 @@ is never silently dropped. `name` names the run and its output.
 
 import difflib
 import json
-import logging
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -19,12 +18,10 @@ from typing import Any
 from pydantic import ValidationError
 
 from cosmos_pipeline.errors import InputError
-from cosmos_pipeline.media import check_media, check_output_path, read_video
-from cosmos_pipeline.policy import Policy, check_readable, enforce
+from cosmos_pipeline.policy import Policy, check_readable
 from cosmos_pipeline.request import RESOLUTIONS, GenerationRequest
 from cosmos_pipeline.sidecar import read_sidecar
 
-logger = logging.getLogger(__name__)
 LOCAL_POLICY = Policy()  # the CLI's: the user's own files anywhere, default size limits
 
 BUNDLE_SUFFIXES = frozenset({".json", ".jsonl"})
@@ -197,18 +194,12 @@ def _validate_row(row: Row) -> None:
     except ValidationError as error:
         for item in error.errors():
             message = item["msg"].removeprefix("Value error, ")
-            if item["type"] != "value_error":
+            if item["type"] == "finite_number":
+                message = "must be a finite number"
+            elif item["type"] not in ("value_error", "missing"):
                 message += f" (got {item.get('input')!r})"
             field_name = ".".join(str(part) for part in item["loc"]) or "request"
             row.problems.append(Problem(row.index, row.fields.get("name"), field_name, message))
-
-
-@dataclass
-class Plan:
-    """What an invocation will run, and what it skips because the output already exists."""
-
-    requests: list[GenerationRequest] = field(default_factory=list)
-    skipped: list[GenerationRequest] = field(default_factory=list)
 
 
 def already_done(request: GenerationRequest) -> bool:
@@ -288,57 +279,3 @@ def request_rows(
         )
         _validate_row(row)
     return rows
-
-
-def resolve_requests(
-    explicit: Mapping[str, Any],
-    skip_existing: bool = False,
-    policy: Policy = LOCAL_POLICY,
-    defaults: Mapping[str, Any] | None = None,
-    output_dir: Path = DEFAULT_OUTPUT_DIR,
-) -> Plan:
-    """The requests to run, validated and pre-flighted before any model loads; else an InputError
-    naming the first bad row (the entry point's fail-fast check; a flow reports every bad row).
-
-    With `skip_existing`, requests whose output exists for the same request key are skipped rather
-    than refused. `policy` bounds paths and sizes (untrusted callers).
-    """
-    plan = Plan()
-    for row in request_rows(explicit, defaults, output_dir, policy):
-        if row.problems:
-            raise InputError(f"{row.where}: " + "; ".join(f"`{p.field}`: {p.message}" for p in row.problems))
-        assert row.request is not None
-        if skip_existing and already_done(row.request):
-            logger.info("skipping %s: %s exists for the same request", row.where, row.request.output_path)
-            plan.skipped.append(row.request)
-            continue
-        preflight(row.request, row.where, policy)
-        plan.requests.append(row.request)
-    outputs = [request.output_path for request in plan.requests]
-    duplicates = sorted({str(path) for path in outputs if outputs.count(path) > 1})
-    if duplicates:
-        raise InputError(
-            f"several requests would write the same output: {', '.join(duplicates)}; give each a `name`"
-        )
-    return plan
-
-
-def preflight(request: GenerationRequest, where: str, policy: Policy) -> None:
-    """Checks that touch the file system: policy bounds, media decodable and long enough, output writable."""
-    assert request.output_path is not None
-    try:
-        enforce(request, policy)
-        if request.input_path is not None:
-            kind = check_media(request.input_path)
-            if kind == "video":
-                frames = read_video(request.input_path, max_frames=request.conditioning_frames).shape[0]
-                if frames < request.conditioning_frames:
-                    raise InputError(
-                        f"input video {request.input_path} has {frames} frames but Video2World with "
-                        f"{request.num_latent_conditional_frames} conditional latent frames needs at least "
-                        f"{request.conditioning_frames}; use a longer video or "
-                        "num_latent_conditional_frames=1"
-                    )
-        check_output_path(request.output_path, request.num_frames, request.overwrite)
-    except InputError as error:
-        raise InputError(f"{where}: {error}") from None

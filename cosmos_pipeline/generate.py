@@ -20,6 +20,7 @@ from cosmos_pipeline.acceleration.apply import apply_acceleration, current_plan
 from cosmos_pipeline.acceleration.memory import text_encoder_on_device, use_tiled_decode, vae_tiling
 from cosmos_pipeline.acceleration.options import Acceleration, AccelerationPlan, forward_count, step_kinds
 from cosmos_pipeline.cfg_parallel import CFG_PARALLEL_ATTRIBUTE, CfgParallel
+from cosmos_pipeline.loading import resolve_execution
 from cosmos_pipeline.media import fit_frames, read_image, read_video
 from cosmos_pipeline.request import GenerationRequest
 
@@ -72,7 +73,7 @@ def load_conditioning(request: GenerationRequest) -> np.ndarray | None:
         return None
     assert request.input_path is not None
     if request.source == "image":
-        frames = read_image(request.input_path)[None]
+        frames = read_image(request.input_path, size=(request.height, request.width))[None]
     else:
         frames = read_video(request.input_path, max_frames=request.conditioning_frames, last=True)
     return fit_frames(frames, request.height, request.width, request.fit)
@@ -129,7 +130,7 @@ def generate(
     """Run `request` on `pipe`. `conditioning` (T, H, W, 3) replaces the frames read from
     `request.input_path` (long videos condition each window on the previous one, in memory).
     `options`: acceleration for this call; left out, the plan applied at load time (or the default mode)."""
-    request = request.with_seed()
+    request = resolve_execution(request.with_seed())  # the record says which device and dtype ran
     timings = Timings()
     plan = _plan(pipe, options)
     device = pipe._execution_device

@@ -4,6 +4,7 @@ The embedded model goes through the very same `from_pretrained` call as the hub 
 the path differs (a local folder built by `cosmos_pipeline.tiny`).
 """
 
+import functools
 import logging
 import time
 from collections import Counter, OrderedDict
@@ -39,27 +40,43 @@ class PipelineKey:
 
     @classmethod
     def for_request(cls, request: GenerationRequest) -> "PipelineKey":
+        request = resolve_execution(request)
         return cls(
             model_id=request.model_id,
             revision=request.revision,
             dtype=request.dtype,
-            device=resolve_device(request.device),
+            device=request.device,
             device_map=request.device_map,
             guardrail=request.guardrail_enabled,
             lora_path=None if request.lora_path is None else str(request.lora_path.resolve()),
             lora_scale=request.lora_scale,
-            cfg_parallel=cfg_parallel_device(
-                request.cfg_parallel, request.device_map, resolve_device(request.device)
-            ),
+            cfg_parallel=cfg_parallel_device(request.cfg_parallel, request.device_map, request.device),
         )
 
 
 def resolve_device(device: str) -> str:
     """`cuda` falls back to the CPU where there is no GPU, so the defaults work everywhere."""
     if device.startswith("cuda") and not torch.cuda.is_available():
-        logger.warning("no CUDA device is available; running on the CPU")
+        _warn_no_gpu()
         return "cpu"
     return device
+
+
+@functools.cache
+def _warn_no_gpu() -> None:  # once a process, not once a call
+    logger.warning("no CUDA device is available; running on the CPU")
+
+
+def resolve_execution(request: GenerationRequest) -> GenerationRequest:
+    """`request` with the device that will run it and a concrete dtype (`auto`: bfloat16 on a GPU, float32
+    on a CPU, where bfloat16 has no fast kernels), as every record of the run reports them."""
+    device = resolve_device(request.device)
+    dtype = request.dtype
+    if dtype == "auto":
+        dtype = "bfloat16" if device.startswith("cuda") else "float32"
+    if (device, dtype) == (request.device, request.dtype):
+        return request
+    return request.model_copy(update={"device": device, "dtype": dtype})
 
 
 def model_location(model_id: str, revision: str) -> tuple[str, str | None]:

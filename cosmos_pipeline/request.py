@@ -26,7 +26,7 @@ MAX_WINDOW_FRAMES = 93  # frames one denoising window makes (the model's trainin
 VAE_TEMPORAL_FACTOR = 4  # Wan 2.1 VAE: 4 frames per latent frame (after the first)
 SIZE_MULTIPLE = 16  # 8x VAE downsampling times the transformer's 2x2 patches
 
-Dtype = Literal["bfloat16", "float16", "float32"]
+Dtype = Literal["auto", "bfloat16", "float16", "float32"]  # auto: float32 on a CPU, bfloat16 on a GPU
 GuardrailMode = Literal["auto", "on", "off"]  # auto: on for real models, off for the embedded one
 Mode = Literal["text2world", "image2world", "video2world", "text2image", "image2image"]
 
@@ -67,7 +67,7 @@ class GenerationRequest(BaseModel):
     device_map: str | None = None
     # A transformer replica on a second GPU runs each step's unconditional forward (auto: when two GPUs).
     cfg_parallel: str = "auto"
-    dtype: Dtype = "bfloat16"
+    dtype: Dtype = "auto"  # resolved where it runs (`loading.resolve_execution`); the record says which
     guardrail: GuardrailMode = "auto"
     overwrite: bool = False
 
@@ -168,6 +168,11 @@ class GenerationRequest(BaseModel):
         if self.source == "image":
             return 1
         return VAE_TEMPORAL_FACTOR * (self.num_latent_conditional_frames - 1) + 1
+
+    @property
+    def label(self) -> str:
+        """What runs and tasks are called: the request's name, else its mode."""
+        return self.name or self.mode
 
     @property
     def is_embedded(self) -> bool:

@@ -10,13 +10,12 @@ A profile's `[request]` table holds request defaults (model, size, steps...). Th
 bundle's values and explicit flags, and above `GenerationRequest`'s own defaults, so a bundle
 written for the real model runs unchanged on the embedded one under `profile=tiny`.
 
-An evaluation suite (`configs/eval/*.toml`) names assets x variants x seeds; `suite_rows` expands
-it into rows of the same shape as a batch. Command-line parsing never happens here: settings are
-built from keyword arguments, files and the environment only.
+Command-line parsing never happens here: settings are built from keyword arguments, files and the
+environment only. Evaluation suites are `cosmos_pipeline.suites`.
 """
 
 import os
-import tomllib
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -32,11 +31,11 @@ from pydantic_settings import (
 
 from cosmos_pipeline import bundle
 from cosmos_pipeline.acceleration.options import Acceleration
-from cosmos_pipeline.bundle import DEFAULT_OUTPUT_DIR, Plan, Row
+from cosmos_pipeline.bundle import DEFAULT_OUTPUT_DIR, Row
 from cosmos_pipeline.errors import InputError
 from cosmos_pipeline.media import FitMode
 from cosmos_pipeline.policy import Policy
-from cosmos_pipeline.request import DEFAULT_REVISION, RESOLUTIONS, Dtype, GenerationRequest, GuardrailMode
+from cosmos_pipeline.request import RESOLUTIONS, Dtype, GuardrailMode
 
 # Profiles are looked up in the working directory's configs/ first (a deployment's checkout), then
 # next to this package (an editable install run from elsewhere).
@@ -97,7 +96,7 @@ class RequestDefaults(BaseModel):
 
 
 class Settings(BaseSettings):
-    """How the pipeline runs: tracking, outputs, retries, GPU slots, request defaults."""
+    """How the pipeline runs: tracking, outputs, GPU slots, warm workers, request defaults, policy."""
 
     model_config = SettingsConfigDict(
         env_prefix="COSMOS_", env_nested_delimiter="__", extra="forbid", validate_default=True
@@ -114,10 +113,10 @@ class Settings(BaseSettings):
     experiment: str = "cosmos-generate"
     eval_experiment: str = "cosmos-evaluate"
     output_dir: Path = DEFAULT_OUTPUT_DIR
-    retries: int = Field(default=2, ge=0)  # transient errors only (see tasks.generate.is_transient)
-    retry_delay_s: float = Field(default=10.0, ge=0)
     gpu_slots: int = Field(default=1, ge=1)  # generations at once per GPU: one, or they thrash memory
     gpu_wait_timeout_s: float | None = None  # None waits for a free GPU as long as it takes
+    # One lock file per GPU slot of the host (cosmos_pipeline.slots), shared by every checkout and user.
+    slot_dir: Path = Path(tempfile.gettempdir()) / "cosmos-world-pipeline-slots"
     max_input_artifact_mb: float = 25.0  # larger inputs are recorded by content hash only
     request: RequestDefaults = RequestDefaults()
     # Speed and memory: the default mode unless a profile, COSMOS_ACCELERATION__* or a flag says otherwise.
@@ -130,6 +129,7 @@ class Settings(BaseSettings):
     warm_start_timeout_s: float = Field(default=3600.0, gt=0)
     # A worker that stops beating (every 5 s) this long is gone: its generation goes to another worker.
     warm_lost_after_s: float = Field(default=30.0, ge=15.0)
+    warm_resubmissions: int = Field(default=2, ge=0)  # times a lost worker's generation goes to another
     # Runs the tracking server could not take wait here for `cosmos-sync`; None: <output_dir>/.mlflow-spool.
     spool_dir: Path | None = None
 
@@ -178,106 +178,3 @@ def request_rows(explicit: Mapping[str, Any], settings: Settings) -> list[Row]:
     return bundle.request_rows(
         explicit, settings.request.model_dump(exclude_none=True), settings.output_dir, settings.policy
     )
-
-
-def resolve(explicit: Mapping[str, Any], settings: Settings, skip_existing: bool = False) -> Plan:
-    """The entry point's fail-fast resolution under `settings` (request defaults, output folder, policy)."""
-    return bundle.resolve_requests(
-        explicit,
-        skip_existing=skip_existing,
-        policy=settings.policy,
-        defaults=settings.request.model_dump(exclude_none=True),
-        output_dir=settings.output_dir,
-    )
-
-
-# ----------------------------------------------------------------------------- evaluation suites
-
-
-class Variant(BaseModel):
-    """One model variant of an evaluation: a checkpoint (hub id or local folder) and revision, an
-    optional LoRA adapter on it, and its label in reports."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    label: str = Field(pattern=r"^[A-Za-z0-9._-]+$")
-    model_id: str
-    revision: str = DEFAULT_REVISION
-    lora_path: Path | None = None  # relative to the suite file
-    lora_scale: float = 1.0
-
-    @property
-    def identity(self) -> tuple[str, str, str | None, float]:
-        return variant_identity(self)
-
-
-def variant_identity(variant: "Variant | GenerationRequest") -> tuple[str, str, str | None, float]:
-    """What tells variants apart: a request and the suite variant it came from share it."""
-    lora = None if variant.lora_path is None else str(Path(variant.lora_path).resolve())
-    return variant.model_id, variant.revision, lora, variant.lora_scale if lora else 1.0
-
-
-class EvaluationSuite(BaseModel):
-    """Assets x variants x seeds, with the generation values every case shares."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    name: str = Field(pattern=r"^[A-Za-z0-9._-]+$")
-    experiment: str | None = None  # None: settings.eval_experiment
-    assets: list[Path] = Field(min_length=1)  # bundles, relative to the suite file
-    variants: list[Variant] = Field(min_length=1)
-    seeds: list[int] = Field(min_length=1)
-    overrides: dict[str, Any] = {}  # flag values for every case, e.g. resolution, num_output_frames
-
-    @classmethod
-    def load(cls, path: Path) -> "EvaluationSuite":
-        path = Path(path)
-        try:
-            data = tomllib.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise InputError(f"evaluation suite not found: {path}") from None
-        except (OSError, tomllib.TOMLDecodeError) as error:
-            raise InputError(f"evaluation suite {path} is not readable TOML: {error}") from None
-        data.setdefault("name", path.stem)
-        try:
-            suite = cls(**data)
-        except ValidationError as error:
-            raise InputError(f"evaluation suite {path}: {error}") from None
-        labels = [variant.label for variant in suite.variants]
-        if len(set(labels)) != len(labels):
-            raise InputError(f"evaluation suite {path}: variant labels must differ, got {labels}")
-        assets = [asset if asset.is_absolute() else path.parent / asset for asset in suite.assets]
-        variants = [
-            variant.model_copy(update={"lora_path": (path.parent / variant.lora_path).resolve()})
-            if variant.lora_path is not None and not variant.lora_path.is_absolute()
-            else variant
-            for variant in suite.variants
-        ]
-        return suite.model_copy(update={"assets": assets, "variants": variants})
-
-
-def suite_rows(suite: EvaluationSuite, settings: Settings, output_dir: Path) -> list[Row]:
-    """Every case of `suite`, grouped by variant (so each variant's pipeline loads once).
-
-    Outputs go to `output_dir/<variant>/seed-<seed>/<asset>.mp4`; rows are renumbered 1..N.
-    """
-    rows = []
-    for variant in suite.variants:
-        for seed in suite.seeds:
-            for asset in suite.assets:
-                explicit = {
-                    **suite.overrides,
-                    "input_path": str(asset),
-                    "model_id": variant.model_id,
-                    "revision": variant.revision,
-                    "lora_path": None if variant.lora_path is None else str(variant.lora_path),
-                    "lora_scale": variant.lora_scale if variant.lora_path is not None else None,
-                    "seed": seed,
-                    "output_path": str(output_dir / variant.label / f"seed-{seed}"),
-                }
-                for row in request_rows(explicit, settings):
-                    row.index = len(rows) + 1
-                    for problem in row.problems:
-                        problem.row = row.index
-                    rows.append(row)
-    return rows

@@ -2,7 +2,7 @@
 
 import json
 import os
-import tempfile
+import secrets
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -58,13 +58,15 @@ def sidecar_record(result: "GenerationResult", extra: dict[str, Any] | None = No
 def write_sidecar(result: "GenerationResult", output_path: Path, extra: dict[str, Any] | None = None) -> Path:
     """Write atomically; the sidecar follows its output, so it is replaced with it."""
     path = sidecar_path(output_path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     try:
+        # Mode 0666 less the umask, as its output gets: whoever may read the output may read its record.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         with os.fdopen(fd, "w") as file:
             json.dump(sidecar_record(result, extra), file, indent=2)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     return path
 

@@ -1,42 +1,63 @@
 """`cosmos-generate`: the command line, run as the `generate` Prefect flow with MLflow tracking.
-`cosmos-evaluate`: an evaluation suite, run here as an `evaluate-variants` flow run.
+`cosmos-evaluate`: an evaluation suite as an `evaluate-variants` flow run. `cosmos-sync`: spooled runs.
 
-Flags are parsed here only (`cosmos_pipeline.cli.parse_args`), and every request is resolved and
-pre-flighted before Prefect or MLflow start: bad input exits 2 at once. Then the flow runs (on the
-server at PREFECT_API_URL, or a temporary local one) and the command prints where the MLflow runs
-are. Exit codes are the core CLI's (`cosmos_pipeline.cli`).
+The order is the latency budget: with no PREFECT_API_URL, a temporary Prefect server starts first, in its
+own session (`flows.server`), so it comes up while the flags are parsed and every request is checked
+(`cosmos_pipeline.batch`, the same check the flows run); bad input exits 2 at once, before Prefect,
+MLflow or the model are imported. Then the flow runs and the command prints where the MLflow runs are.
+
+Ctrl-C or SIGTERM at any point ends the call cleanly: the generation stops at the next step, nothing is
+half-written, the GPU's slot is free, the MLflow run is KILLED (`interrupted`), the temporary server
+stops, one line goes to stderr, and the exit code is 130 (143 for SIGTERM). Imports stay inside the
+functions so that even an interrupt during them gets that one line. Exit codes otherwise are
+`cosmos_pipeline.cli`'s.
 """
 
-import argparse
 import os
+import signal
 import sys
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
 
-from cosmos_pipeline.cli import (
-    EXIT_INPUT,
-    EXIT_OK,
-    acceleration_options,
-    error_exit_code,
-    parse_args,
-    split_run_options,
-)
-from cosmos_pipeline.errors import InputError
-from cosmos_pipeline.settings import Settings, load_settings, resolve
-
-# Before Prefect is imported: no telemetry attempts offline, and room for a slow temporary
-# server start on a small machine. An explicit environment wins.
-PREFECT_DEFAULTS = {
-    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
-}
+EXIT_INTERRUPTED = {signal.SIGINT: 130, signal.SIGTERM: 143}  # 128 + the signal, as shells report it
+# Before Prefect is imported: no telemetry attempts offline. An explicit environment wins.
+PREFECT_DEFAULTS = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
 
 
-def print_runs(settings: Settings, flow_run_id: str) -> None:
+class Interrupted(KeyboardInterrupt):
+    """The command was stopped by a signal; a KeyboardInterrupt, so every layer treats it as Ctrl-C."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _raise_interrupted(signum: int, frame) -> None:
+    raise Interrupted(signum)
+
+
+def interruptible(command: Callable[[], int]) -> int:
+    """Run `command` with SIGINT and SIGTERM raising `Interrupted`; an interrupt is one line and 130/143."""
+    previous = {signum: signal.signal(signum, _raise_interrupted) for signum in EXIT_INTERRUPTED}
+    try:
+        return command()
+    except KeyboardInterrupt as interrupt:
+        signum = interrupt.signum if isinstance(interrupt, Interrupted) else signal.SIGINT
+        print(
+            f"interrupted ({signal.Signals(signum).name}): stopped; nothing half-written, the GPU slot is "
+            "free, and a started run is marked KILLED in MLflow",
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED[signum]
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def print_runs(settings, flow_run_id: str) -> None:
     """Where this flow run's MLflow runs are, and how to open them (or where they wait to be synced)."""
+    from tasks.report import search_runs, ui_hint
     from tasks.scrub import scrub
     from tasks.spool import experiment_id, mlflow_client, server_reachable, spool_root
-    from tasks.track import search_runs, ui_hint
 
     if not server_reachable(settings):
         print(
@@ -58,54 +79,96 @@ def print_runs(settings: Settings, flow_run_id: str) -> None:
         print(f"  then http://127.0.0.1:5000/#/experiments/{experiment}/runs/{run_id}")
 
 
-def prefect_defaults() -> None:
+def start_server():
+    """A temporary Prefect server when none is configured (started now, waited for later), else None."""
     for key, value in PREFECT_DEFAULTS.items():
         os.environ.setdefault(key, value)
+    if os.environ.get("PREFECT_API_URL"):
+        return None
+    from flows.server import TemporaryServer
+
+    return TemporaryServer()
+
+
+def use_server(server) -> None:
+    if server is not None:
+        os.environ["PREFECT_API_URL"] = server.wait()
+
+
+def failure(state) -> tuple[str, int]:
+    """A failed flow run's message and exit code."""
+    from cosmos_pipeline.cli import EXIT_FAILURE, error_exit_code
+
+    error = state.result(raise_on_failure=False)
+    if isinstance(error, Exception):
+        return str(error), error_exit_code(error)
+    return state.message or str(state.type.value), EXIT_FAILURE
+
+
+def generate_command(argv: Sequence[str] | None = None) -> int:
+    from cosmos_pipeline.cli import EXIT_INPUT, EXIT_OK, acceleration_options, parse_args, split_run_options
+
+    values, skip_existing, keep_going = split_run_options(parse_args(argv))
+    server = start_server()
+    try:
+        from cosmos_pipeline.batch import check_batch
+        from cosmos_pipeline.errors import InputError
+        from cosmos_pipeline.settings import load_settings, request_rows
+
+        profile = values.pop("profile", None)  # else COSMOS_PROFILE
+        acceleration = acceleration_options(values)  # None: the profile's (or the default mode)
+        explicit = {} if acceleration is None else {"acceleration": acceleration.model_dump(mode="json")}
+        try:
+            settings = load_settings(profile, **explicit)
+            report = check_batch(request_rows(values, settings), settings.policy, skip_existing)
+        except InputError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return EXIT_INPUT
+        if not report.ok:
+            print(f"error: {report.summary()}", file=sys.stderr)
+            return EXIT_INPUT
+        if not report.requests:
+            print(f"nothing to do: all {len(report.reused)} request(s) already have their output")
+            return EXIT_OK
+
+        use_server(server)
+        from flows.generate import generate
+
+        overrides = {key: value for key, value in values.items() if value is not None}
+        input_path = overrides.pop("input_path", None)
+        state = generate(
+            input_path=None if input_path is None else str(input_path),
+            overrides=overrides,
+            profile=profile,
+            settings=explicit or None,
+            skip_existing=skip_existing,
+            keep_going=keep_going,
+            return_state=True,
+        )
+        print_runs(settings, str(state.state_details.flow_run_id))
+        if state.is_completed():
+            return EXIT_OK
+        message, code = failure(state)
+        print(f"error: {message}", file=sys.stderr)
+        return code
+    finally:
+        if server is not None:
+            server.stop()
 
 
 def run(argv: Sequence[str] | None = None) -> int:
-    values, skip_existing, keep_going = split_run_options(parse_args(argv))
-    profile = values.pop("profile", None)  # else COSMOS_PROFILE
-    acceleration = acceleration_options(values)  # None: the profile's (or the default mode)
-    explicit = {} if acceleration is None else {"acceleration": acceleration.model_dump(mode="json")}
-    try:
-        settings = load_settings(profile, **explicit)
-        plan = resolve(values, settings, skip_existing)
-    except InputError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return EXIT_INPUT
-    if not plan.requests:
-        print(f"nothing to do: all {len(plan.skipped)} request(s) already have their output")
-        return EXIT_OK
-
-    prefect_defaults()
-    from flows.generate import generate
-
-    overrides: dict[str, Any] = {key: value for key, value in values.items() if value is not None}
-    input_path = overrides.pop("input_path", None)
-    state = generate(
-        input_path=None if input_path is None else str(input_path),
-        overrides=overrides,
-        profile=profile,
-        settings=explicit or None,
-        skip_existing=skip_existing,
-        keep_going=keep_going,
-        return_state=True,
-    )
-    print_runs(settings, str(state.state_details.flow_run_id))
-    if state.is_completed():
-        return EXIT_OK
-    error = state.result(raise_on_failure=False)
-    print(f"error: {error}", file=sys.stderr)
-    return error_exit_code(error) if isinstance(error, Exception) else 1
+    return interruptible(lambda: generate_command(argv))
 
 
 def main() -> None:
     sys.exit(run())
 
 
-def profile_settings(profile: str | None) -> Settings | None:
+def profile_settings(profile: str | None):
     """The profile's settings, or None once the reason they cannot be loaded is printed."""
+    from cosmos_pipeline.errors import InputError
+    from cosmos_pipeline.settings import load_settings
+
     try:
         return load_settings(profile)
     except InputError as error:
@@ -113,33 +176,45 @@ def profile_settings(profile: str | None) -> Settings | None:
         return None
 
 
-def evaluate(argv: Sequence[str] | None = None) -> int:
+def evaluate_command(argv: Sequence[str] | None = None) -> int:
+    import argparse
+
+    from cosmos_pipeline.cli import EXIT_INPUT, EXIT_OK
+    from cosmos_pipeline.suites import DEFAULT_SUITE
+
     parser = argparse.ArgumentParser(prog="cosmos-evaluate", description="Run an evaluation suite as a flow.")
-    parser.add_argument(
-        "--suite", default="configs/eval/variants.toml", help="suite file (configs/eval/*.toml)"
-    )
+    parser.add_argument("--suite", default=DEFAULT_SUITE, help="suite file (default: %(default)s)")
     parser.add_argument("--profile", help="settings profile (configs/<profile>.toml)")
     args = parser.parse_args(argv)
-    settings = profile_settings(args.profile)
-    if settings is None:
-        return EXIT_INPUT
-    prefect_defaults()
-    from flows.evaluate import evaluate as evaluate_flow
+    server = start_server()
+    try:
+        settings = profile_settings(args.profile)
+        if settings is None:
+            return EXIT_INPUT
+        use_server(server)
+        from flows.evaluate import evaluate
+        from tasks.report import ui_hint
 
-    state = evaluate_flow(suite=args.suite, profile=args.profile, return_state=True)
-    if not state.is_completed():
-        error = state.result(raise_on_failure=False)
-        print(f"error: {error}", file=sys.stderr)
-        return error_exit_code(error) if isinstance(error, Exception) else 1
-    from tasks.track import ui_hint
+        state = evaluate(suite=args.suite, profile=args.profile, return_state=True)
+        if not state.is_completed():
+            message, code = failure(state)
+            print(f"error: {message}", file=sys.stderr)
+            return code
+        result = state.result()
+        print(f"\nMLflow: parent run {result.parent_run_id} in experiment '{result.experiment}'")
+        print(f"  side by side: {', '.join(result.comparisons)}")
+        print(
+            f"  table: cosmos-compare --experiment {result.experiment} --parent_run_id {result.parent_run_id}"
+        )
+        print(f"Open the UI: {ui_hint(settings)}")
+        return EXIT_OK
+    finally:
+        if server is not None:
+            server.stop()
 
-    result = state.result()
-    experiment, parent = result["experiment"], result["parent_run_id"]
-    print(f"\nMLflow: parent run {parent} in experiment '{experiment}'")
-    print(f"  side by side: {', '.join(result['comparisons'])}")
-    print(f"  table: cosmos-compare --experiment {experiment} --parent_run_id {parent}")
-    print(f"Open the UI: {ui_hint(settings)}")
-    return EXIT_OK
+
+def evaluate(argv: Sequence[str] | None = None) -> int:
+    return interruptible(lambda: evaluate_command(argv))
 
 
 def evaluate_main() -> None:
@@ -148,6 +223,10 @@ def evaluate_main() -> None:
 
 def sync(argv: Sequence[str] | None = None) -> int:
     """`cosmos-sync`: upload the MLflow runs spooled while the tracking server was unreachable."""
+    import argparse
+
+    from cosmos_pipeline.cli import EXIT_INPUT, EXIT_OK
+
     parser = argparse.ArgumentParser(
         prog="cosmos-sync",
         description="Upload MLflow runs spooled while the tracking server was unreachable, then remove them "
@@ -180,4 +259,4 @@ def sync(argv: Sequence[str] | None = None) -> int:
 
 
 def sync_main() -> None:
-    sys.exit(sync())
+    sys.exit(interruptible(sync))

@@ -31,7 +31,8 @@ def run(argv: Sequence[str] | None = None) -> int:
     except InputError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    from tasks.track import PARENT_TAG, markdown_table, search_runs, summary_table
+    from tasks.report import markdown_table, search_runs, summary_table
+    from tasks.track import PARENT_TAG
 
     experiment = args.experiment or settings.eval_experiment
     where = f"tags.`{PARENT_TAG}` = '{args.parent_run_id}'" if args.parent_run_id else ""

@@ -1,106 +1,108 @@
 """The `evaluate-variants` flow: an evaluation suite (assets x variants x seeds) as one comparison.
 
-Cases run grouped by variant, so each variant's pipeline loads once (the cache holds one at a
-time). One MLflow parent run holds a child run per case, a summary table (`summary.json`), a
-markdown report and a side-by-side MP4 per (asset, seed) with the variants labelled.
+Cases run grouped by variant, so each variant's pipeline loads once (the cache holds one at a time). One
+MLflow parent run holds a child run per case, the summary table (`summary.json`), a report opening with
+the winner per metric, and a side-by-side MP4 per (asset, seed) with the variants labelled.
 """
 
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from prefect import flow, get_run_logger
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NONE
 from prefect.runtime import flow_run
+from prefect.states import Failed, State
 
-from cosmos_pipeline.errors import InputError
-from cosmos_pipeline.policy import check_readable
-from cosmos_pipeline.settings import CONFIG_DIRS, EvaluationSuite, Settings, suite_rows, variant_identity
-from flows.common import generate_tracked, start, validated
+from cosmos_pipeline.bundle import Row
+from cosmos_pipeline.settings import Settings
+from cosmos_pipeline.suites import DEFAULT_SUITE, EvaluationSuite, load_suite, suite_rows, variant_identity
 from tasks.compare import Case, compare_variants
-from tasks.track import log_evaluation, start_run
+from tasks.report import log_evaluation
+from tasks.resolve import resolve_settings
+from tasks.run import generate_tracked
+from tasks.spool import sync_tracking_spool
+from tasks.track import open_run, record_rejected_batch, start_run
+from tasks.validate import validate_batch
 
-DEFAULT_SUITE = "configs/eval/variants.toml"
+
+@dataclass(frozen=True)
+class EvaluationResult:
+    parent_run_id: str
+    experiment: str
+    cases: int
+    comparisons: list[str]
+    pipeline_loads: dict[str, int]  # per variant, as the generating processes saw them
 
 
 def run_name() -> str:
     return f"evaluate-{Path(str(flow_run.parameters.get('suite', DEFAULT_SUITE))).stem}"
 
 
-def check_suite_path(suite: Path, settings: Settings) -> None:
-    """A suite is read from configs/ or, like any input, from the policy's input roots."""
-    if any(suite.resolve().is_relative_to(folder.resolve()) for folder in CONFIG_DIRS):
-        return
-    try:
-        check_readable(suite, settings.policy, "suite")
-    except InputError as error:
-        raise InputError(f"{error}, or in configs/") from None
+@task(name="expand-suite", cache_policy=NONE, persist_result=False)
+def expand_suite(suite: str, settings: Settings) -> tuple[EvaluationSuite, list[Row], Path]:
+    """The suite, its cases as the rows of a batch, and the folder its outputs go to (new per run)."""
+    spec = load_suite(Path(suite), settings.policy)
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    output_dir = settings.output_dir / "eval" / f"{spec.name}-{stamp}"
+    rows = suite_rows(spec, settings, output_dir)
+    get_run_logger().info(
+        "suite %s: %d case(s) (%d asset(s) x %d variant(s) x %d seed(s)) into %s",
+        spec.name, len(rows), len(spec.assets), len(spec.variants), len(spec.seeds), output_dir,
+    )  # fmt: skip
+    return spec, rows, output_dir
+
+
+def parent_params(suite: str, spec: EvaluationSuite) -> dict[str, str]:
+    variants = [
+        f"{v.label}={v.model_id}@{v.revision}"
+        + (f"+lora:{v.lora_path.name}x{v.lora_scale:g}" if v.lora_path else "")
+        for v in spec.variants
+    ]
+    return {
+        "suite": suite,
+        "variants": ", ".join(variants),
+        "assets": ", ".join(path.stem for path in spec.assets),
+        "seeds": ", ".join(map(str, spec.seeds)),
+        "overrides": str(spec.overrides),
+    }
 
 
 @flow(name="evaluate-variants", flow_run_name=run_name)
 def evaluate(
-    suite: str = DEFAULT_SUITE,
-    profile: str | None = None,
-    settings: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Run every case of `suite`, then compare the variants; returns the parent run id and its outputs."""
-    logger = get_run_logger()
-    config = start(profile, settings)
-    check_suite_path(Path(suite), config)
-    spec = EvaluationSuite.load(Path(suite))
+    suite: str = DEFAULT_SUITE, profile: str | None = None, settings: dict[str, Any] | None = None
+) -> EvaluationResult | State:
+    """Run every case of `suite`, then compare the variants on the parent run."""
+    config = resolve_settings(profile, settings)
+    sync_tracking_spool(config)
+    spec, rows, output_dir = expand_suite(suite, config)
     experiment = spec.experiment or config.eval_experiment
-    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
-    output_dir = config.output_dir / "eval" / f"{spec.name}-{stamp}"
-    context = {"suite": suite, "profile": profile, "settings": settings, "output_dir": str(output_dir)}
-
-    requests, report = validated(config, lambda: suite_rows(spec, config, output_dir), context, experiment)
-    parent = start_run(
-        config,
-        run_name=f"evaluate-{spec.name}",
-        tags={"mode": "evaluation", "suite": spec.name},
-        params={
-            "suite": suite,
-            "assets": ",".join(path.name for path in spec.assets),
-            "variants": ",".join(
-                f"{v.label}={v.model_id}@{v.revision}"
-                + (f"+lora:{v.lora_path}x{v.lora_scale}" if v.lora_path else "")
-                for v in spec.variants
-            ),
-            "seeds": ",".join(map(str, spec.seeds)),
-            "overrides": str(spec.overrides),
-        },
-        experiment=experiment,
-    )
+    batch = validate_batch(rows, config)
+    if not batch.ok:
+        record_rejected_batch(config, batch, suite, experiment)
+        return Failed(message=batch.summary())
+    parent = start_run(config, f"evaluate · {spec.name}", {"mode": "evaluation", "suite": spec.name},
+                       parent_params(suite, spec), experiment)  # fmt: skip
     labels = {variant.identity: variant.label for variant in spec.variants}
-    cases, failed = [], 0
-    # Loads per variant, as the generating process saw them (this one, or a warm worker).
-    loads = dict.fromkeys(labels.values(), 0)
-    for request in requests:  # suite_rows groups them by variant
+    cases, loads, failed = [], dict.fromkeys(labels.values(), 0), 0
+    for request in batch.requests:  # grouped by variant: each pipeline loads once
         label = labels[variant_identity(request)]
+        job = open_run(request, config, batch, label, experiment, parent)
         try:
-            record = generate_tracked(request, config, report, context, label, experiment, parent)
+            record = generate_tracked(job)
         except Exception as error:  # one failed case must not void the others' comparison
             failed += 1
-            logger.error("case %s / %s / seed %s failed: %s", request.name, label, request.seed, error)
-            continue
-        loads[label] += int(record["pipeline_loaded"])
-        cases.append(
-            Case(
-                request.name or "generation",
-                label,
-                record["seed"],
-                Path(record["output_path"]),
-                record["run_id"],
+            get_run_logger().error(
+                "case %s / %s / seed %s failed: %s", request.label, label, request.seed, error
             )
-        )
-
+            continue
+        loads[label] += int(record.pipeline_loaded)
+        cases.append(Case(request.label, label, job.request.seed, Path(record.output_path), record.run_id))
     comparisons = compare_variants(cases, output_dir / "comparison")
-    table = log_evaluation(config, experiment, parent, spec.name, comparisons, loads, failed)
+    log_evaluation(config, experiment, parent, spec.name, comparisons, loads, failed)
     if failed:
-        raise RuntimeError(f"{failed} of {len(requests)} evaluation case(s) failed; see MLflow run {parent}")
-    return {
-        "parent_run_id": parent,
-        "experiment": experiment,
-        "cases": len(table),
-        "comparisons": [str(path) for path in comparisons],
-        "pipeline_loads": loads,
-    }
+        return Failed(
+            message=f"{failed} of {len(batch.requests)} evaluation case(s) failed; see MLflow run {parent}"
+        )
+    return EvaluationResult(parent, experiment, len(cases), [str(path) for path in comparisons], loads)

@@ -1,10 +1,15 @@
-"""Great Expectations suites (`configs/expectations/*.json`) run over in-memory tables.
+"""Great Expectations suites (`configs/expectations/*.json`) run over in-memory tables, in a helper process.
 
-GX 1.x with an ephemeral context: nothing is written to disk, and the result is a plain JSON dict
-that is logged with the run. Its import costs seconds, so it happens here, on first use only.
+GX 1.x with an ephemeral context: nothing is written to disk, and the result is a plain JSON dict that is
+logged with the run. Importing GX costs ~5 s of CPU, so it happens once, in a helper process started the
+first time a flow asks (`start`): it imports GX on another core while this process imports the model and
+generates, and a long-lived process (a warm worker) keeps it warm. Callers get a `Future`.
 """
 
+import json
 import logging
+import multiprocessing
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,6 +18,8 @@ import pandas as pd
 from cosmos_pipeline.settings import find_config
 
 INDEX_COLUMN = "row"  # every table carries it, so a failure names the rows it concerns
+
+_POOL: ProcessPoolExecutor | None = None
 
 
 @dataclass
@@ -24,22 +31,33 @@ class Failure:
     field: str
     message: str
     rows: list[int]
-    detail: str | None  # a column of the table holding a per-row explanation
 
 
-def load_suite(name: str) -> dict[str, Any]:
-    import json
-
-    return json.loads(find_config(f"expectations/{name}.json").read_text(encoding="utf-8"))
-
-
-def run_suite(table: pd.DataFrame, suite: dict[str, Any], extra: list[dict[str, Any]] = ()) -> dict[str, Any]:
-    """Validate `table` against `suite` (plus `extra` expectations); the GX result as JSON."""
-    import great_expectations as gx
-    from great_expectations.data_context.types.base import ProgressBarsConfig
+def _import_gx() -> None:
+    import great_expectations  # noqa: F401  (the slow part, done before the first table arrives)
 
     # No "temporary directory for ephemeral docs site" line per context.
     logging.getLogger("great_expectations.data_context.types.base").setLevel(logging.WARNING)
+
+
+def start() -> ProcessPoolExecutor:
+    """The helper process, started (and importing GX) on first use."""
+    global _POOL
+    if _POOL is None:
+        context = multiprocessing.get_context("spawn")  # no fork of a process that runs threads
+        _POOL = ProcessPoolExecutor(max_workers=1, mp_context=context, initializer=_import_gx)
+    return _POOL
+
+
+def load_suite(name: str) -> dict[str, Any]:
+    return json.loads(find_config(f"expectations/{name}.json").read_text(encoding="utf-8"))
+
+
+def validate(table: pd.DataFrame, suite: dict[str, Any], extra: list[dict[str, Any]] = ()) -> dict[str, Any]:
+    """Validate `table` against `suite` (plus `extra` expectations); the GX result as JSON. Runs anywhere."""
+    import great_expectations as gx
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
     context = gx.get_context(mode="ephemeral")
     context.variables.progress_bars = ProgressBarsConfig(globally=False)
     batch = (
@@ -54,6 +72,11 @@ def run_suite(table: pd.DataFrame, suite: dict[str, Any], extra: list[dict[str, 
         gx_suite, result_format={"result_format": "COMPLETE", "unexpected_index_column_names": [INDEX_COLUMN]}
     )
     return result.to_json_dict()
+
+
+def run_suite(table: pd.DataFrame, name: str, extra: list[dict[str, Any]] = ()) -> "Future[dict[str, Any]]":
+    """Suite `name` over `table` in the helper process; the future's result is the GX result as JSON."""
+    return start().submit(validate, table, load_suite(name), list(extra))
 
 
 def failures(result: dict[str, Any]) -> list[Failure]:
@@ -73,7 +96,6 @@ def failures(result: dict[str, Any]) -> list[Failure]:
                 field=meta.get("field", column or "batch"),
                 message=meta.get("message", config["type"]),
                 rows=[int(entry[INDEX_COLUMN]) for entry in unexpected],
-                detail=meta.get("detail"),
             )
         )
     return found

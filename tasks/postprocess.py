@@ -1,8 +1,8 @@
 """After the GPU: write the output (atomically, with its sidecar), measure it, gate it, pick key frames.
 
-The frame gate (`configs/expectations/frames.json`) flags black, white, flat, clipped or flashing
-frames and a wrong frame count. A failed gate is recorded with the run and logged as a warning;
-the output is kept, since a person decides whether a strange video is wrong.
+The frame gate (`configs/expectations/frames.json`, in GX's helper process) flags black, white, flat,
+clipped or flashing frames and a wrong frame count. A flagged output is kept and recorded as `flagged`
+with the reasons (a warning, not a failure: a person decides whether a strange video is wrong).
 """
 
 import errno
@@ -15,11 +15,9 @@ import pandas as pd
 from prefect import get_run_logger, task
 from prefect.cache_policies import NONE
 
-from cosmos_pipeline.generate import load_conditioning
-from cosmos_pipeline.long_video import seam_consistency
 from cosmos_pipeline.metrics import conditioning_fidelity, frame_statistics, output_metrics
 from cosmos_pipeline.runner import write_outputs
-from tasks.expectations import INDEX_COLUMN, failures, load_suite, run_suite
+from tasks.expectations import INDEX_COLUMN, failures, run_suite
 from tasks.generate import Generation
 
 FRAMES_SUITE = "frames"
@@ -39,6 +37,11 @@ class Postprocessed:
     def gate_passed(self) -> bool:
         return not self.gate_problems
 
+    @property
+    def gate_label(self) -> str:
+        """`passed`, or `flagged: <reasons>`: what the gate found, in the words of its expectations."""
+        return "passed" if self.gate_passed else "flagged: " + "; ".join(self.gate_problems)[:480]
+
 
 def keyframe_indices(num_frames: int) -> list[int]:
     """First, middle and last frame (fewer for short outputs)."""
@@ -52,6 +55,9 @@ def frame_table(frames: np.ndarray) -> pd.DataFrame:
 
 def measure(generation: Generation) -> dict[str, float]:
     """Output metrics; with the input's fidelity for Image2World/Video2World and seams for long videos."""
+    from cosmos_pipeline.generate import load_conditioning  # torch: only where a generation ran
+    from cosmos_pipeline.long_video import seam_consistency
+
     result = generation.result
     metrics = output_metrics(result.frames)
     conditioning = load_conditioning(result.request)
@@ -69,7 +75,7 @@ def gate(table: pd.DataFrame, num_frames: int) -> tuple[dict[str, Any], list[str
         "kwargs": {"value": num_frames},
         "meta": {"field": "frames", "message": f"the output should have {num_frames} frames"},
     }
-    result = run_suite(table, load_suite(FRAMES_SUITE), extra=[count])
+    result = run_suite(table, FRAMES_SUITE, extra=[count]).result()
     problems = [
         f"{failure.message}" + (f" (frames {failure.rows[:10]})" if failure.rows else "")
         for failure in failures(result)
@@ -118,7 +124,7 @@ def postprocess(generation: Generation, record: dict[str, Any] | None = None) ->
 
 @task(
     name="postprocess",
-    task_run_name="postprocess-{generation.result.request.name}",
+    task_run_name="postprocess-{generation.result.request.label}",
     cache_policy=NONE,
     persist_result=False,
 )
@@ -127,6 +133,6 @@ def postprocess_output(generation: Generation, record: dict[str, Any] | None = N
     logger = get_run_logger()
     post = postprocess(generation, record)
     logger.info("wrote %s", post.output_path)
-    for problem in post.gate_problems:
-        logger.warning("frame gate: %s", problem)
+    if post.gate_problems:
+        logger.warning("frame gate flagged %s: %s", post.output_path.name, "; ".join(post.gate_problems))
     return post

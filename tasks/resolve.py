@@ -13,10 +13,11 @@ from typing import Any
 from prefect import get_run_logger, task
 from prefect.cache_policies import NONE
 
-from cosmos_pipeline.bundle import Row
+from cosmos_pipeline.bundle import Problem, Row
 from cosmos_pipeline.errors import InputError
 from cosmos_pipeline.settings import Settings, load_settings, request_rows
-from tasks.scrub import scrub
+from tasks import expectations
+from tasks.scrub import install_log_scrubber, scrub
 
 # What an untrusted caller may choose (names, request defaults, speed and memory options for its own
 # generations); everything else is the operator's.
@@ -46,10 +47,16 @@ def run_settings(profile: str | None, overrides: dict[str, Any] | None, untruste
 
 
 @task(name="resolve-settings", cache_policy=NONE)
-def resolve_settings(
-    profile: str | None = None, overrides: dict[str, Any] | None = None, untrusted: bool = False
-) -> Settings:
-    """The run's settings; every run records them (`config.json`), so it can be reproduced."""
+def resolve_settings(profile: str | None = None, overrides: dict[str, Any] | None = None) -> Settings:
+    """The run's settings (untrusted when a deployment runs it); every run records them (`config.json`).
+
+    Also the flow run's start: secrets are kept out of its logs from here on, and GX's helper process
+    starts importing (it is needed at validation's end and after the first generation)."""
+    from prefect.runtime import deployment
+
+    install_log_scrubber()
+    expectations.start()
+    untrusted = deployment.id is not None
     settings = run_settings(profile, overrides, untrusted)
     get_run_logger().info(
         "settings: profile %s, tracking %s, experiment %s%s",
@@ -62,8 +69,15 @@ def resolve_settings(
 
 
 @task(name="resolve-requests", cache_policy=NONE, persist_result=False)
-def resolve_rows(explicit: dict[str, Any], settings: Settings) -> list[Row]:
-    """The batch's rows with their layered values: typed requests, or each row's problems."""
-    rows = request_rows(explicit, settings)
-    get_run_logger().info("%d request(s) from %s", len(rows), explicit.get("input_path") or "the parameters")
+def resolve_requests(
+    input_path: str | None, overrides: dict[str, Any] | None, settings: Settings
+) -> list[Row]:
+    """The batch's rows with their layered values: typed requests, or each row's problems. A problem with
+    the whole invocation (a bundle that cannot be read, an unknown override) is one row's problem, so the
+    batch's report states it like any other."""
+    try:
+        rows = request_rows({**(overrides or {}), "input_path": input_path or None}, settings)
+    except InputError as error:
+        return [Row(1, input_path or "parameters", {}, problems=[Problem(1, None, "input", str(error))])]
+    get_run_logger().info("%d request(s) from %s", len(rows), input_path or "the parameters")
     return rows

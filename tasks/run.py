@@ -1,53 +1,33 @@
-"""One tracked generation in this process: generate -> postprocess -> track, into an open MLflow run.
+"""One tracked generation: generate -> post-process -> track into the job's open MLflow run, here or on a
+warm worker, decided in `generate_tracked` only.
 
-The flows call it directly, and a warm worker (`tasks.warm`) calls it for them; either way only the
-small record it returns leaves the process (frames never do).
+Either way only the small record leaves the process that generated (frames never do), and a generation
+that does not finish leaves its run FAILED with the error, or KILLED (`interrupted`) when its process was
+stopped (Ctrl-C, SIGTERM).
 """
 
-from dataclasses import dataclass
-from typing import Any
-
-from cosmos_pipeline.request import GenerationRequest
-from cosmos_pipeline.settings import Settings
 from tasks.generate import generate_video
 from tasks.postprocess import postprocess_output
-from tasks.track import log_generation, worker_name
-from tasks.validate import ValidationReport
+from tasks.track import GenerationRecord, Job, end_run, fail_run, log_generation
 
 
-@dataclass(frozen=True)
-class Job:
-    """A validated request with its open MLflow run: what a flow hands over to be generated.
-
-    `sidecar` is what the flow adds to the output's sidecar (the run id, the Prefect flow run).
-    """
-
-    request: GenerationRequest
-    settings: Settings
-    validation: ValidationReport
-    context: dict[str, Any]
-    sidecar: dict[str, Any]
-
-    @property
-    def run_id(self) -> str:
-        return self.sidecar["mlflow_run_id"]
-
-
-def run_generation(job: Job) -> dict[str, Any]:
-    """Generate `job.request` and track it in the job's MLflow run; returns its record."""
-    settings = job.settings
-    generate = generate_video.with_options(
-        retries=settings.retries, retry_delay_seconds=settings.retry_delay_s
-    )
-    generation = generate(job.request, settings)
+def run_generation(job: Job) -> GenerationRecord:
+    """The three steps in this process: the flow's, or a warm worker's on behalf of a flow."""
+    generation = generate_video(job.request, job.settings)
     post = postprocess_output(generation, job.sidecar)
-    log_generation(settings, job.run_id, generation, post, job.validation, job.context)
-    return {
-        "name": job.request.name,
-        "run_id": job.run_id,
-        "output_path": str(post.output_path),
-        "seed": generation.result.seed,
-        "gate_passed": post.gate_passed,
-        "pipeline_loaded": generation.load_s is not None,
-        "worker": worker_name(),
-    }
+    return log_generation(job, generation, post)
+
+
+def generate_tracked(job: Job) -> GenerationRecord:
+    """`run_generation` here, or on a warm worker when the settings say so; the run records a failure."""
+    from tasks.warm import generate_on_warm_worker
+
+    run = generate_on_warm_worker if job.settings.warm_workers else run_generation
+    try:
+        return run(job)
+    except Exception as error:
+        fail_run(job.settings, job.run_id, error)
+        raise
+    except BaseException as error:  # Ctrl-C, SIGTERM, a stopped worker: no Prefect task now, just the record
+        end_run(job.settings, job.run_id, error)
+        raise

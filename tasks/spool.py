@@ -34,6 +34,8 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from PIL import Image
+from prefect import get_run_logger, task
+from prefect.cache_policies import NONE
 
 from cosmos_pipeline.settings import Settings
 from cosmos_pipeline.sidecar import sidecar_path
@@ -489,3 +491,17 @@ def _sync_one(
         report.uploaded[journal.run_id] = run_id
     shutil.rmtree(journal.folder, ignore_errors=True)
     return "uploaded"
+
+
+@task(name="sync-tracking-spool", cache_policy=NONE, persist_result=False)
+def sync_tracking_spool(settings: Settings) -> None:
+    """Upload runs spooled while the tracking server was away, before new work; a problem here is logged,
+    never fatal (`cosmos-sync` reports it in full)."""
+    logger = get_run_logger()
+    try:
+        report = sync_spool(settings)
+    except Exception as error:
+        logger.warning("tracking spool not synced: %s: %s", type(error).__name__, scrub(str(error)))
+        return
+    if report.uploaded or report.failed:
+        logger.info("tracking spool: %s", report.summary())

@@ -1,17 +1,19 @@
 """MLflow: one run per generation, created before the GPU step so that a failure is tracked too.
 
 Through `MlflowClient` with explicit run ids (no active-run globals), so tasks can run anywhere, and
-through `tasks.spool.RunWriter`, so a tracking server that is away costs no generation and loses no
-run (its writes are spooled and synced later), and nothing secret is recorded (`tasks.scrub`).
-What a run holds: params (every request field, the variant, placement, acceleration, guardrail,
-versions, git commit), tags (mode, variant, asset, request key, the Prefect flow run, the worker),
-metrics (stage timings, per-step time, peak GPU memory, whether the pipeline was loaded, output
-metrics, per-frame statistics) and artifacts (the output, the prompt, the resolved config, GX
-results, the input or its hash, key frames for the image grid).
+through `tasks.spool.RunWriter`, so a tracking server that is away costs no generation and loses no run
+(its writes are spooled and synced later), and nothing secret is recorded (`tasks.scrub`).
 
-Idempotency: a run is tagged with its request's key. A run of the same request for the same output
-that was interrupted (its flow run crashed or was killed) is taken over by the next attempt instead
-of a second run being created; one still in progress elsewhere makes the new attempt stop.
+What a run holds, for a person comparing variants in the UI: a name `<variant> · <asset> · seed <n>`; a
+dozen params, the ones that differ between variants first (`RUN_PARAMS`); tags (mode, variant, asset,
+request key, the Prefect flow run, versions, the worker); metrics (stage timings, per-step time, peak GPU
+memory, whether the pipeline was loaded, output metrics, per-frame statistics); artifacts (the output, the
+prompt, `config.json` with everything else needed to reproduce it, the validation and gate results, the
+input or its hash, key frames for the image grid). Reading runs back is `tasks.report`.
+
+Idempotency: a run is tagged with its request's key. A run of the same request for the same output that
+was interrupted (its flow run crashed or was killed) is taken over by the next attempt instead of a
+second run being created; one still in progress elsewhere makes the new attempt stop.
 """
 
 import functools
@@ -22,53 +24,89 @@ import sys
 import tempfile
 import time
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 from mlflow.entities import Metric, Run
 from prefect import get_run_logger, task
 from prefect.cache_policies import NONE
 
 import cosmos_pipeline
+from cosmos_pipeline.acceleration.options import Acceleration
+from cosmos_pipeline.batch import BatchReport
 from cosmos_pipeline.media import content_hash
 from cosmos_pipeline.request import GenerationRequest
 from cosmos_pipeline.settings import Settings
+from cosmos_pipeline.sidecar import read_sidecar
 from tasks.generate import Generation
 from tasks.postprocess import Postprocessed
 from tasks.scrub import scrub, scrub_value
-from tasks.spool import (
-    RunWriter,
-    create_run,
-    mlflow_client,
-    server_reachable,
-    unreachable,
-)
-from tasks.validate import ValidationReport, write_report
+from tasks.spool import RunWriter, create_run, mlflow_client, server_reachable, unreachable
 
-PARAM_CHARS = 500  # long prompts are cut in params (the full text is the prompt.txt artifact)
 PARENT_TAG = "mlflow.parentRunId"
 KEY_TAG = "request_key"
 ERROR_TAGS = ("error", "error_type")
-SUMMARY_METRICS = (
-    "time/total_s",
-    "time/denoising_s",
-    "output/temporal_consistency",
-    "output/flicker",
-    "output/sharpness",
-    "output/exposure",
-    "output/clip_high",
-    "output/conditioning_psnr",
-    "output/conditioning_ssim",
-)
+INTERRUPTED = "interrupted"  # the error tag of a run whose process was stopped (Ctrl-C, SIGTERM)
+# The params a run shows, in the order the UI lists them: what tells variants apart, then the sampling.
+RUN_PARAMS = (
+    "variant", "model_id", "revision", "lora", "seed", "steps", "guidance", "resolution", "frames",
+    "mode", "acceleration",
+)  # fmt: skip
+EXECUTION_PARAMS = ("dtype", "device")  # known once the generation ran (`auto` resolved), logged then
 
 
 class DuplicateRequestError(RuntimeError):
     """The same request for the same output is being generated right now by another flow run."""
 
 
+@dataclass(frozen=True)
+class Job:
+    """A validated request with its open MLflow run: what a flow hands over to be generated, here or on
+    a warm worker. `sidecar` is what the flow adds to the output's sidecar (the run id, the flow run)."""
+
+    request: GenerationRequest
+    settings: Settings
+    validation: BatchReport
+    sidecar: dict[str, Any]
+
+    @property
+    def run_id(self) -> str:
+        return self.sidecar["mlflow_run_id"]
+
+
+@dataclass(frozen=True)
+class GenerationRecord:
+    """What a flow returns per request (frames never leave the process that generated them)."""
+
+    name: str
+    run_id: str | None
+    output_path: str
+    seed: int | None
+    gate_passed: bool | None  # None: not measured now (the output was reused)
+    pipeline_loaded: bool
+    worker: str | None
+    reused: bool = False
+
+
+def reused_record(request: GenerationRequest) -> GenerationRecord:
+    """The record of a request whose output already exists for the same request key (nothing is redone)."""
+    assert request.output_path is not None
+    sidecar = read_sidecar(request.output_path) or {}
+    return GenerationRecord(
+        name=request.label,
+        run_id=sidecar.get("mlflow_run_id"),
+        output_path=str(request.output_path),
+        seed=sidecar.get("seed"),
+        gate_passed=None,
+        pipeline_loaded=False,
+        worker=None,
+        reused=True,
+    )
+
+
 @functools.cache
-def environment_params() -> dict[str, str]:
+def environment_tags() -> dict[str, str]:
     """Versions of what produced the run, and the project's git commit (with `-dirty` if modified)."""
     import diffusers
     import prefect
@@ -94,7 +132,7 @@ def environment_params() -> dict[str, str]:
         "version.transformers": transformers.__version__,
         "version.prefect": prefect.__version__,
         "version.python": sys.version.split()[0],
-        "git_commit": commit,
+        "mlflow.source.git.commit": commit,
     }
 
 
@@ -125,58 +163,92 @@ def variant_label(request: GenerationRequest) -> str:
     return label if request.lora_path is None else f"{label}+{request.lora_path.stem}"
 
 
-def _cut(value: Any) -> str:
-    text = "None" if value is None else str(value)
-    return text if len(text) <= PARAM_CHARS else text[: PARAM_CHARS - 1] + "…"
+def run_name(request: GenerationRequest, variant: str) -> str:
+    return f"{variant} · {request.label} · seed {request.seed}"
 
 
-def request_params(request: GenerationRequest) -> dict[str, str]:
-    """Every resolved request field, and what derives from them (mode, effective guardrail)."""
-    params = {key: _cut(value) for key, value in request.model_dump(mode="json").items()}
-    params["mode"] = request.mode
-    params["guardrail_enabled"] = str(request.guardrail_enabled)
-    return params
+def acceleration_name(options: Acceleration) -> str:
+    """The preset the options are, or `custom`."""
+    presets = ("default", "fast", "plain", "low-memory")
+    return next((name for name in presets if Acceleration.preset(name) == options), "custom")
 
 
-def run_tags(request: GenerationRequest, variant: str | None = None) -> dict[str, str]:
+def run_params(request: GenerationRequest, variant: str, settings: Settings) -> dict[str, str]:
+    """What a person compares between runs (`RUN_PARAMS`); everything else is in config.json and tags."""
+    lora = "none" if request.lora_path is None else f"{request.lora_path.name} x{request.lora_scale:g}"
+    values = {
+        "variant": variant,
+        "model_id": request.model_id,
+        "revision": request.revision,
+        "lora": lora,
+        "seed": request.seed,
+        "steps": request.num_inference_steps,
+        "guidance": request.guidance_scale,
+        "resolution": f"{request.height}x{request.width}",
+        "frames": request.num_frames,
+        "mode": request.mode,
+        "acceleration": acceleration_name(settings.acceleration),
+    }
+    return {key: str(values[key]) for key in RUN_PARAMS}
+
+
+def run_tags(request: GenerationRequest, variant: str, settings: Settings) -> dict[str, str]:
+    note = f"**{request.mode}** `{request.label}` seed {request.seed}\n\n> {request.prompt}"
     return {
         "mode": request.mode,
-        "variant": variant or variant_label(request),
-        "asset": request.name or "generation",
+        "variant": variant,
+        "asset": request.label,
         "seed": str(request.seed),
         KEY_TAG: request.key(),
+        "output_path": str(request.output_path),
+        "profile": settings.profile,
+        "mlflow.note.content": note[:5000],
+        **prefect_tags(),
+        **environment_tags(),
     }
 
 
-def _start(
+def run_config(settings: Settings, request: GenerationRequest) -> dict[str, Any]:
+    """Enough to reproduce the run from this file alone (secrets masked): settings, the request as asked,
+    and the flow run's parameters."""
+    from prefect.runtime import flow_run
+
+    return scrub_value(
+        {
+            "settings": settings.model_dump(mode="json"),
+            "request": request.model_dump(mode="json"),
+            "flow_parameters": dict(flow_run.parameters or {}),
+        }
+    )
+
+
+def _create(
     settings: Settings,
-    run_name: str,
+    name: str,
     tags: dict[str, str],
-    params: dict[str, str] | None,
+    params: dict[str, str],
     experiment: str | None,
     parent_run_id: str | None,
 ) -> str:
-    all_tags = {**tags, **prefect_tags(), "profile": settings.profile}
-    all_tags["mlflow.source.git.commit"] = environment_params()["git_commit"]
     if parent_run_id is not None:
-        all_tags[PARENT_TAG] = parent_run_id
-    run_id = create_run(settings, experiment or settings.experiment, run_name, all_tags)
-    RunWriter(settings, run_id).log_batch(params={**(params or {}), **environment_params()})
-    get_run_logger().info("MLflow run %s (%s) in %s", run_id, run_name, scrub(settings.tracking_uri))
+        tags = {**tags, PARENT_TAG: parent_run_id}
+    run_id = create_run(settings, experiment or settings.experiment, name, tags)
+    RunWriter(settings, run_id).log_batch(params=params)
+    get_run_logger().info("MLflow run %s (%s) in %s", run_id, name, scrub(settings.tracking_uri))
     return run_id
 
 
 @task(name="start-run", cache_policy=NONE)
 def start_run(
     settings: Settings,
-    run_name: str,
+    name: str,
     tags: dict[str, str],
     params: dict[str, str] | None = None,
     experiment: str | None = None,
-    parent_run_id: str | None = None,
 ) -> str:
-    """Create a RUNNING MLflow run with its tags and params; its id is what later tasks log to."""
-    return _start(settings, run_name, tags, params, experiment, parent_run_id)
+    """A RUNNING MLflow run with its tags and params (an evaluation's parent run)."""
+    tags = {**tags, **prefect_tags(), **environment_tags()}
+    return _create(settings, name, tags, params or {}, experiment, None)
 
 
 def _flow_run_over(flow_run_id: str | None) -> bool:
@@ -215,19 +287,19 @@ def interrupted_runs(settings: Settings, experiment: str, request: GenerationReq
         if not unreachable(error):
             raise
         return []
-    output = _cut(str(request.output_path))
-    return [run for run in runs if run.data.params.get("output_path") == output]
+    return [run for run in runs if run.data.tags.get("output_path") == str(request.output_path)]
 
 
-@task(name="open-run", cache_policy=NONE, persist_result=False)
+@task(name="open-run", task_run_name="open-run-{request.label}", cache_policy=NONE, persist_result=False)
 def open_run(
-    settings: Settings,
     request: GenerationRequest,
+    settings: Settings,
+    validation: BatchReport,
     variant: str | None = None,
     experiment: str | None = None,
     parent_run_id: str | None = None,
-) -> tuple[str, GenerationRequest]:
-    """The MLflow run this generation logs to, and the request to generate.
+) -> Job:
+    """The MLflow run this generation logs to, and the request to generate, as a `Job`.
 
     An interrupted run of the same request and output (KILLED, or RUNNING under a flow run that has
     ended) is taken over, with its seed if the seed was drawn, so a retry makes no second run. One
@@ -235,15 +307,17 @@ def open_run(
     """
     from prefect.runtime import flow_run
 
-    logger = get_run_logger()
+    variant = variant or variant_label(request)
     current = str(flow_run.id or "")
-    for run in (
+    run_id = None
+    earlier = (
         [] if request.overwrite else interrupted_runs(settings, experiment or settings.experiment, request)
-    ):
+    )
+    for run in earlier:
         owner = run.data.tags.get("prefect.flow_run_id")
         if run.info.status == "RUNNING" and owner != current and not _flow_run_over(owner):
             raise DuplicateRequestError(
-                f"{request.name}: the same request (key {request.key()[:12]}) for {request.output_path} is "
+                f"{request.label}: the same request (key {request.key()[:12]}) for {request.output_path} is "
                 f"being generated now by flow run {owner} (MLflow run {run.info.run_id}); wait for it to "
                 "finish, then trigger again: its output will be reused"
             )
@@ -252,33 +326,36 @@ def open_run(
         seed = run.data.params.get("seed")
         if request.seed_chosen and seed not in (None, "None"):
             request = request.model_copy(update={"seed": int(seed)})
-        _take_over(settings, run, request, current)
-        logger.info("taking over interrupted MLflow run %s of %s", run.info.run_id, request.name)
-        return run.info.run_id, request
-    run_id = _start(
-        settings,
-        run_name=request.name or "generation",
-        tags=run_tags(request, variant),
-        params=request_params(request),
-        experiment=experiment,
-        parent_run_id=parent_run_id,
-    )
-    return run_id, request
+        _take_over(settings, run)
+        get_run_logger().info("taking over interrupted MLflow run %s of %s", run.info.run_id, request.label)
+        run_id = run.info.run_id
+        break
+    if run_id is None:
+        tags = run_tags(request, variant, settings)
+        params = run_params(request, variant, settings)
+        run_id = _create(settings, run_name(request, variant), tags, params, experiment, parent_run_id)
+        RunWriter(settings, run_id).log_dict(run_config(settings, request), "config.json")
+    # The key of the request as asked (`dtype auto`, `device cuda`): a rerun of the same command finds it.
+    sidecar = {
+        "request_key": request.key(),
+        "mlflow_run_id": run_id,
+        "mlflow_tracking_uri": scrub(settings.tracking_uri),
+    }
+    sidecar |= prefect_tags()
+    return Job(request, settings, validation, sidecar)
 
 
-def _take_over(settings: Settings, run: Run, request: GenerationRequest, flow_run_id: str) -> None:
+def _take_over(settings: Settings, run: Run) -> None:
     client, run_id = mlflow_client(settings), run.info.run_id
     client.update_run(run_id, status="RUNNING")
     for key in ERROR_TAGS:
         if key in run.data.tags:
             client.delete_tag(run_id, key)
     attempts = int(run.data.tags.get("attempts", "1")) + 1
-    params = {**request_params(request), **environment_params()}
+    previous = run.data.tags.get("prefect.flow_run_id", "")
     RunWriter(settings, run_id).log_batch(
-        params={key: value for key, value in params.items() if key not in run.data.params},
-        tags={**prefect_tags(), "attempts": str(attempts), "previous_flow_run": run.data.tags.get(
-            "prefect.flow_run_id", "")},
-    )  # fmt: skip
+        tags={**prefect_tags(), "attempts": str(attempts), "previous_flow_run": previous}
+    )
 
 
 def generation_metrics(generation: Generation, post: Postprocessed) -> list[Metric]:
@@ -305,75 +382,65 @@ def generation_metrics(generation: Generation, post: Postprocessed) -> list[Metr
         metrics += [
             Metric(f"frame/{column}", float(value), now, int(frame))
             for frame, value in zip(post.frame_stats["row"], post.frame_stats[column], strict=True)
-            if pd.notna(value)
+            if value == value  # not NaN
         ]
     return metrics
 
 
-def _config(settings: Settings, request: GenerationRequest, context: dict[str, Any]) -> dict[str, Any]:
-    """The resolved configuration: enough to reproduce the run from this file alone (secrets masked)."""
-    return scrub_value(
-        {
-            "settings": settings.model_dump(mode="json"),
-            "request": request.model_dump(mode="json"),
-            "flow": context,
-        }
+@task(name="track", task_run_name="track-{job.request.label}", cache_policy=NONE, persist_result=False)
+def log_generation(job: Job, generation: Generation, post: Postprocessed) -> GenerationRecord:
+    """Everything about a finished generation, then mark the run FINISHED; returns its record."""
+    writer = RunWriter(job.settings, job.run_id)
+    result = generation.result
+    request = result.request  # as it ran: device and dtype resolved
+    writer.log_batch(
+        params={key: str(getattr(request, key)) for key in EXECUTION_PARAMS},
+        metrics=generation_metrics(generation, post),
+        tags={
+            "output_gate": post.gate_label,
+            "worker": worker_name(),
+            "device_slots": ",".join(generation.slots) or "none (CPU)",
+            **{f"pipeline.{key}": value for key, value in generation.pipeline.items()},
+            **{f"acceleration.{key}": str(value) for key, value in result.acceleration.items()},
+            "guardrail": str(result.guardrail),
+            **({"input_sha256": content_hash(request.input_path)} if request.input_path is not None else {}),
+        },
     )
-
-
-@task(name="track", task_run_name="track-{run_id}", cache_policy=NONE, persist_result=False)
-def log_generation(
-    settings: Settings,
-    run_id: str,
-    generation: Generation,
-    post: Postprocessed,
-    validation: ValidationReport,
-    context: dict[str, Any],
-) -> None:
-    """Everything about a finished generation, then mark the run FINISHED."""
-    writer = RunWriter(settings, run_id)
-    result, request = generation.result, generation.result.request
-    params = {f"pipeline.{key}": _cut(value) for key, value in generation.pipeline.items()}
-    params |= {f"acceleration.{key}": _cut(value) for key, value in result.acceleration.items()}
-    params |= {"guardrail_ran": str(result.guardrail), "device_limits": ",".join(generation.limits)}
-    tags = {
-        "output_gate": "passed" if post.gate_passed else "failed",
-        "output_path": str(post.output_path),
-        "worker": worker_name(),
-    }
-    tags["mlflow.note.content"] = (
-        f"**{request.mode}** `{request.name}` seed {result.seed}\n\n> {request.prompt}"
-    )
-    if request.input_path is not None:
-        tags["input_sha256"] = content_hash(request.input_path)
-    writer.log_batch(params=params, metrics=generation_metrics(generation, post), tags=tags)
-
     writer.log_artifact(post.output_path, "output")
     writer.log_artifact(post.sidecar_path, "output")
     prompt = f"{request.prompt}\n\nnegative prompt:\n{request.negative_prompt or '(the pipeline default)'}\n"
     writer.log_text(prompt, "prompt.txt")
-    writer.log_dict(_config(settings, request, context), "config.json")
-    writer.log_dict(validation.as_json(), "validation/requests.json")
+    writer.log_text(job.validation.dumps(), "validation/requests.json")
     writer.log_dict(post.gate, "validation/frames.json")
     writer.log_table(post.frame_stats, "frame_statistics.json")
     if (
         request.input_path is not None
-        and request.input_path.stat().st_size <= settings.max_input_artifact_mb * 2**20
+        and request.input_path.stat().st_size <= job.settings.max_input_artifact_mb * 2**20
     ):
         writer.log_artifact(request.input_path, "input")
     for index, frame in post.keyframes:
         writer.log_image(frame, key="keyframes", step=index)
     writer.set_terminated("FINISHED")
+    return GenerationRecord(
+        name=request.label,
+        run_id=job.run_id,
+        output_path=str(post.output_path),
+        seed=result.seed,
+        gate_passed=post.gate_passed,
+        pipeline_loaded=generation.load_s is not None,
+        worker=worker_name(),
+    )
 
 
 def _record_error(writer: RunWriter, error: BaseException) -> None:
     kind = type(error).__name__
-    writer.log_batch(tags={"error": _cut(f"{kind}: {error}"), "error_type": kind})
+    message = INTERRUPTED if isinstance(error, KeyboardInterrupt | SystemExit) else f"{kind}: {error}"
+    writer.log_batch(tags={"error": message[:5000], "error_type": kind})
     writer.log_text("".join(traceback.format_exception(type(error), error, error.__traceback__)), "error.txt")
 
 
 def end_run(settings: Settings, run_id: str, error: BaseException) -> None:
-    """Record why a run did not finish: FAILED for an error, KILLED when its process was stopped."""
+    """Record why a run did not finish: FAILED for an error, KILLED (`interrupted`) when it was stopped."""
     writer = RunWriter(settings, run_id)
     _record_error(writer, error)
     writer.set_terminated("FAILED" if isinstance(error, Exception) else "KILLED")
@@ -386,157 +453,29 @@ def fail_run(settings: Settings, run_id: str, error: BaseException) -> None:
     get_run_logger().error("MLflow run %s failed: %s: %s", run_id, type(error).__name__, error)
 
 
-@task(name="record-validation-failure", cache_policy=NONE, persist_result=False)
-def record_validation_failure(
-    settings: Settings,
-    report: ValidationReport,
-    error: BaseException,
-    context: dict[str, Any],
-    experiment: str | None = None,
+@task(name="record-rejected-batch", cache_policy=NONE, persist_result=False)
+def record_rejected_batch(
+    settings: Settings, report: BatchReport, asset: str, experiment: str | None = None
 ) -> str:
     """A FAILED run that holds the validation report, so a rejected batch is visible in MLflow too."""
-    tags = {"mode": "validation", "asset": str(context.get("input_path") or "batch"), **prefect_tags()}
-    run_id = create_run(settings, experiment or settings.experiment, "validation", tags)
+    from prefect.runtime import flow_run
+
+    tags = {"mode": "validation", "asset": asset, **prefect_tags(), **environment_tags()}
+    run_id = create_run(settings, experiment or settings.experiment, f"rejected · {asset}", tags)
     writer = RunWriter(settings, run_id)
     writer.log_batch(
-        params={"rows": str(report.rows), "failed_rows": _cut(report.failed_rows), **environment_params()},
+        params={"rows": str(report.rows), "failed_rows": str(report.failed_rows)[:500]},
         metrics=[Metric("validation/failed_rows", len(report.failed_rows), int(time.time() * 1000), 0)],
     )
     with tempfile.TemporaryDirectory() as directory:
-        for path in write_report(report, Path(directory)):
+        for name, text in (("validation.md", report.markdown()), ("validation.json", report.dumps())):
+            path = Path(directory) / name
+            path.write_text(text, encoding="utf-8")
             writer.log_artifact(path, "validation")
-    writer.log_dict({"settings": settings.model_dump(mode="json"), "flow": context}, "config.json")
-    _record_error(writer, error)
+    parameters = dict(flow_run.parameters or {})
+    writer.log_dict(
+        {"settings": settings.model_dump(mode="json"), "flow_parameters": parameters}, "config.json"
+    )
+    writer.log_batch(tags={"error": report.summary()[:5000], "error_type": "BatchValidationError"})
     writer.set_terminated("FAILED")
     return run_id
-
-
-# ----------------------------------------------------------------------------- reading runs back
-
-
-def search_runs(tracking_uri: str, experiment: str, filter_string: str = "") -> pd.DataFrame:
-    """`mlflow.search_runs` of one experiment (columns `params.*`, `metrics.*`, `tags.*`)."""
-    import mlflow
-
-    mlflow.set_tracking_uri(tracking_uri)
-    return mlflow.search_runs(
-        experiment_names=[experiment], filter_string=filter_string, output_format="pandas"
-    )
-
-
-def summary_table(runs: pd.DataFrame) -> pd.DataFrame:
-    """One line per generation run: asset, variant, seed, mode, status, the summary metrics, run id.
-
-    Validation records and evaluation parents are left out: they are not generations.
-    """
-    if runs.empty:
-        return pd.DataFrame(columns=["asset", "variant", "seed", "mode", "status", "run_id"])
-    if "tags.mode" in runs:
-        runs = runs[~runs["tags.mode"].isin(["validation", "evaluation"])]
-    columns = {
-        "tags.asset": "asset",
-        "tags.variant": "variant",
-        "tags.seed": "seed",
-        "tags.mode": "mode",
-        "status": "status",
-        **{f"metrics.{key}": key.split("/", 1)[-1] for key in SUMMARY_METRICS},
-        "run_id": "run_id",
-    }
-    table = pd.DataFrame({name: runs[column] if column in runs else None for column, name in columns.items()})
-    table = table.dropna(axis="columns", how="all")
-    return table.sort_values([c for c in ("asset", "seed", "variant") if c in table]).reset_index(drop=True)
-
-
-def markdown_table(table: pd.DataFrame, digits: int = 3) -> str:
-    """A GitHub-flavoured markdown table (pandas' to_markdown needs the optional `tabulate`)."""
-
-    def cell(value: Any) -> str:
-        if isinstance(value, float):
-            return "" if pd.isna(value) else f"{value:.{digits}g}" if abs(value) < 1e4 else f"{value:.0f}"
-        return "" if value is None else str(value).replace("|", "\\|")
-
-    header = "| " + " | ".join(map(str, table.columns)) + " |"
-    rule = "| " + " | ".join("---" for _ in table.columns) + " |"
-    lines = ["| " + " | ".join(cell(value) for value in row) + " |" for row in table.itertuples(index=False)]
-    return "\n".join([header, rule, *lines]) + "\n"
-
-
-def ui_hint(settings: Settings) -> str:
-    """The command that opens this store in MLflow's UI."""
-    uri = scrub(settings.tracking_uri)
-    if uri.startswith(("http://", "https://", "databricks")):
-        return f"open {uri}"
-    return f"mlflow ui --backend-store-uri {uri}"
-
-
-def evaluation_markdown(
-    suite: str, parent_run_id: str, table: pd.DataFrame, comparisons: list[Path], loads: dict[str, int]
-) -> str:
-    """The evaluation report: per-variant means, every case, the side-by-side files, pipeline loads."""
-    metrics = [
-        column
-        for column in table.columns
-        if column not in ("asset", "variant", "seed", "mode", "status", "run_id")
-    ]
-    means = table.groupby("variant", sort=False)[metrics].mean(numeric_only=True).reset_index()
-    lines = [
-        f"# Evaluation `{suite}`",
-        "",
-        f"MLflow parent run `{parent_run_id}`: {len(table)} case(s), "
-        f"{int((table['status'] == 'FINISHED').sum())} finished.",
-        "",
-        "## Mean per variant",
-        "",
-        markdown_table(means),
-        "## Cases",
-        "",
-        markdown_table(table),
-        "## Side by side",
-        "",
-        *[f"- `comparison/{path.name}`" for path in comparisons],
-        "",
-        "## Pipeline loads",
-        "",
-        *[f"- {label}: {count}" for label, count in loads.items()],
-        "",
-    ]
-    return "\n".join(lines)
-
-
-@task(name="report-evaluation", cache_policy=NONE, persist_result=False)
-def log_evaluation(
-    settings: Settings,
-    experiment: str,
-    parent_run_id: str,
-    suite: str,
-    comparisons: list[Path],
-    loads: dict[str, int],
-    failed: int,
-) -> pd.DataFrame:
-    """Summary table, report and side-by-side files on the parent run (and the report in Prefect)."""
-    from prefect.artifacts import create_markdown_artifact, create_table_artifact
-
-    writer = RunWriter(settings, parent_run_id)
-    runs = pd.DataFrame()
-    if not writer.spooled:  # spooled cases are summarised in MLflow once they are synced
-        try:
-            runs = search_runs(settings.tracking_uri, experiment, f"tags.`{PARENT_TAG}` = '{parent_run_id}'")
-        except Exception as error:
-            if not unreachable(error):
-                raise
-    table = summary_table(runs)
-    report = evaluation_markdown(suite, parent_run_id, table, comparisons, loads)
-    writer.log_table(table, "summary.json")
-    writer.log_text(report, "report.md")
-    for path in comparisons:
-        writer.log_artifact(path, "comparison")
-    now = int(time.time() * 1000)
-    metrics = [Metric(f"pipeline_loads/{label}", count, now, 0) for label, count in loads.items()]
-    metrics += [Metric("cases", len(table), now, 0), Metric("failed_cases", failed, now, 0)]
-    writer.log_batch(metrics=metrics)
-    writer.set_terminated("FAILED" if failed else "FINISHED")
-    create_markdown_artifact(key="evaluation-report", markdown=report, description=f"evaluation {suite}")
-    create_table_artifact(
-        key="evaluation-summary", table=table.astype(object).where(table.notna(), None).to_dict("records")
-    )
-    return table

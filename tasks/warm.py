@@ -14,8 +14,9 @@ A worker takes a generation only when it is idle: Prefect's stock task worker ac
 while busy and holds it, so an idle GPU would wait, and the held run would die with its worker.
 While it generates, the worker beats a Prefect variable every HEARTBEAT_S. The flow waits on the
 task run; a beat that stops for `warm_lost_after_s` means the worker is gone (killed, host down): the
-task run is marked crashed and submitted again (up to `settings.retries` times), so another worker takes
-it over in the same MLflow run. A generation no worker starts within `warm_start_timeout_s` fails.
+task run is marked crashed and submitted again (up to `settings.warm_resubmissions` times), so another
+worker takes it over in the same MLflow run. A generation no worker starts within `warm_start_timeout_s`
+fails.
 """
 
 import argparse
@@ -40,9 +41,9 @@ from prefect.variables import Variable
 
 from cosmos_pipeline.settings import Settings
 from cosmos_pipeline.sidecar import read_sidecar
-from tasks.run import Job, run_generation
+from tasks.run import run_generation
 from tasks.scrub import install_log_scrubber
-from tasks.track import worker_name
+from tasks.track import GenerationRecord, Job, worker_name
 
 HEARTBEAT_S = 5.0  # settings.warm_lost_after_s (>= 15 s: three beats) of silence means the worker is gone
 POLL_S = 2.0
@@ -96,10 +97,10 @@ def task_run_key(context, parameters: dict[str, Any]) -> str:
 
 @task(
     name="generate-on-worker",
-    task_run_name="warm-{job.request.name}",
+    task_run_name="warm-{job.request.label}",
     cache_key_fn=task_run_key,  # not NONE: a task worker replaces "no cache" with input caching
 )
-def generate_on_worker(job: Job) -> dict[str, Any]:
+def generate_on_worker(job: Job) -> GenerationRecord:
     """`run_generation` in the warm worker's process, beating while it runs."""
     from prefect.runtime import task_run
 
@@ -121,7 +122,7 @@ def _give_up(client, task_run_id, error: RuntimeError) -> RuntimeError:
     return error
 
 
-def await_worker(future: PrefectDistributedFuture, settings: Settings) -> dict[str, Any]:
+def await_worker(future: PrefectDistributedFuture, settings: Settings) -> GenerationRecord:
     """The record of a generation handed to a warm worker, or why it did not come back.
 
     Beats are compared with the previous beat, not with a clock, so hosts need not agree on the time.
@@ -164,9 +165,9 @@ def await_worker(future: PrefectDistributedFuture, settings: Settings) -> dict[s
                 ))  # fmt: skip
 
 
-def generate_on_warm_worker(job: Job) -> dict[str, Any]:
+def generate_on_warm_worker(job: Job) -> GenerationRecord:
     """Hand the generation to a warm worker and wait; a lost worker's generation is submitted again."""
-    logger, name, retries = get_run_logger(), job.request.name, job.settings.retries
+    logger, name, retries = get_run_logger(), job.request.label, job.settings.warm_resubmissions
     for attempt in range(retries + 1):
         future = generate_on_worker.delay(job)
         logger.info("%s: handed to a warm worker (task run %s)", name, future.task_run_id)

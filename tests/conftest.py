@@ -71,7 +71,6 @@ def tracked(mlflow_store: dict[str, str], request: pytest.FixtureRequest, tmp_pa
         "experiment": f"test-{name}",
         "eval_experiment": f"test-eval-{name}",
         "output_dir": str(tmp_path / "outputs"),
-        "retries": 0,
     }
 
 

@@ -5,6 +5,9 @@ from pathlib import Path
 
 import pytest
 
+from cosmos_pipeline.batch import BatchValidationError, check_batch
+from cosmos_pipeline.bundle import LOCAL_POLICY, request_rows
+from cosmos_pipeline.policy import Policy
 from cosmos_pipeline.request import GenerationRequest
 
 REPO = Path(__file__).resolve().parents[2]
@@ -24,3 +27,13 @@ def tiny_request(**overrides) -> GenerationRequest:
     return GenerationRequest(
         **{"prompt": "a robot arm stacks boxes", "num_frames": 9, "seed": 3, **TINY, **overrides}
     )
+
+
+def checked(
+    flags: dict, policy: Policy = LOCAL_POLICY, skip_existing: bool = False
+) -> list[GenerationRequest]:
+    """What the command line runs for `flags`: the valid batch's requests, or the error it prints."""
+    report = check_batch(request_rows(flags, policy=policy), policy, skip_existing)
+    if not report.ok:
+        raise BatchValidationError(report)
+    return report.requests

@@ -4,11 +4,11 @@ from pathlib import Path
 
 import pytest
 
-from cosmos_pipeline.bundle import UPSTREAM_IGNORED_KEYS, read_bundle, request_rows, resolve_requests
+from cosmos_pipeline.bundle import UPSTREAM_IGNORED_KEYS, read_bundle, request_rows
 from cosmos_pipeline.errors import InputError
 from cosmos_pipeline.request import RESOLUTIONS
 
-from .conftest import ASSETS, REPO
+from .conftest import ASSETS, REPO, checked
 
 
 def write_bundle(path: Path, entry: dict) -> Path:
@@ -17,7 +17,7 @@ def write_bundle(path: Path, entry: dict) -> Path:
 
 
 def resolve(tmp_path: Path, **cli) -> list:
-    return resolve_requests({"output_path": str(tmp_path / "out"), **cli}).requests
+    return checked({"output_path": str(tmp_path / "out"), **cli})
 
 
 def test_bundle_paths_are_relative_to_the_bundle(tmp_path):
@@ -108,13 +108,13 @@ def test_jsonl_bundle_gives_many_requests_with_their_own_outputs(tmp_path):
         "batch_kitchen.png",
     ]
     with pytest.raises(InputError, match="names one file but the bundle holds 3 requests"):
-        resolve_requests({"input_path": str(ASSETS / "batch.jsonl"), "output_path": str(tmp_path / "x.mp4")})
+        checked({"input_path": str(ASSETS / "batch.jsonl"), "output_path": str(tmp_path / "x.mp4")})
 
 
 def test_same_output_twice_is_refused(tmp_path):
     bundle = tmp_path / "b.jsonl"
     bundle.write_text('{"name": "a", "prompt": "p"}\n{"name": "a", "prompt": "q"}\n')
-    with pytest.raises(InputError, match="same output"):
+    with pytest.raises(InputError, match=r"rows \[1, 2\] would all write"):
         resolve(tmp_path, input_path=str(bundle))
 
 
@@ -123,7 +123,7 @@ def test_same_output_twice_is_refused(tmp_path):
     [
         ("{not json", "is not valid JSON"),
         ("[1, 2]", "must hold a JSON object"),
-        ('{"prompt": "p", "num_output_frames": "many"}', "`num_frames`: Input should be a valid integer"),
+        ('{"prompt": "p", "num_output_frames": "many"}', "`num_output_frames`: Input should be a valid integer"),
         ('{"prompt": 3}', "`prompt`"),
         ('{"prompt": "p", "input_path": 5}', "`input_path`: must be a path string, not 5"),
         ('{"prompt": ""}', "prompt is empty"),
@@ -169,7 +169,7 @@ def test_unknown_keys_name_the_nearest_known_key_row_by_row(tmp_path):
     assert problems[2]["colour_grading"].startswith(
         "unknown key; the keys are `cfg_parallel`, `chunk_overlap`"
     )
-    with pytest.raises(InputError, match=r"typos.jsonl:1: `negativ_prompt`: unknown key; did you mean"):
+    with pytest.raises(InputError, match=r"row 1: `negativ_prompt`: unknown key; did you mean"):
         resolve(tmp_path, input_path=str(bundle))
 
 
@@ -184,8 +184,8 @@ def test_non_finite_numbers_are_refused(tmp_path, value):
     bundle.write_text(f'{{"prompt": "p", "guidance": {value}, "lora_scale": {value}}}')
     [row] = request_rows({"input_path": str(bundle), "output_path": str(tmp_path / "out")})
     assert {p.field: p.message.split(" (got")[0] for p in row.problems} == {
-        "guidance_scale": "Input should be a finite number",
-        "lora_scale": "Input should be a finite number",
+        "guidance_scale": "must be a finite number",
+        "lora_scale": "must be a finite number",
     }
 
 

@@ -25,10 +25,11 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from cosmos_pipeline.bundle import BUNDLE_KEYS, resolve_requests
+from cosmos_pipeline.bundle import BUNDLE_KEYS
 from cosmos_pipeline.errors import InputError
 from cosmos_pipeline.media import MIN_INPUT_SIDE, check_media, read_image, read_video, write_video
 from cosmos_pipeline.policy import Policy, check_media_size
+from tests.cosmos_pipeline.conftest import checked
 
 from .media_files import ORIENTATIONS, PNG_TYPES, expected_rgb, png_bytes
 
@@ -366,7 +367,7 @@ def test_any_bundle_gives_valid_requests_or_names_what_is_wrong(tmp_path_factory
     event("unknown key" if unknown else "non-finite" if non_finite else "known keys")
 
     try:
-        plan = resolve_requests({"input_path": str(bundle), "output_path": str(folder / "out")})
+        requests = checked({"input_path": str(bundle), "output_path": str(folder / "out")})
     except InputError as error:
         refused(error)
         event("refused")
@@ -376,7 +377,7 @@ def test_any_bundle_gives_valid_requests_or_names_what_is_wrong(tmp_path_factory
             assert "finite number" in str(error)
         return
     assert not unknown and not non_finite
-    [request] = plan.requests
+    [request] = requests
     event(f"accepted: {request.mode}")
     assert request.prompt and request.output_path.parent == folder / "out"
     if request.source == "image":

@@ -9,7 +9,6 @@ import pytest
 from PIL import Image, ImageCms
 
 from cosmos_pipeline import media
-from cosmos_pipeline.bundle import resolve_requests
 from cosmos_pipeline.errors import InputError
 from cosmos_pipeline.media import (
     MIN_INPUT_SIDE,
@@ -24,7 +23,7 @@ from cosmos_pipeline.media import (
     write_video,
 )
 
-from .conftest import ASSETS
+from .conftest import ASSETS, checked
 from .media_files import ORIENTATIONS, PNG_TYPES, expected_rgb, png_bytes
 
 
@@ -128,7 +127,7 @@ def test_truncated_video_is_refused_with_the_reason(tmp_path):
         with pytest.raises(InputError, match=reason):
             read(path)
     with pytest.raises(InputError, match=reason):  # the case: one conditioning frame
-        resolve_requests(
+        checked(
             {"input_path": str(path), "prompt": "p", "num_latent_conditional_frames": 1,
              "output_path": str(tmp_path / "out.mp4")}
         )  # fmt: skip

@@ -10,11 +10,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from cosmos_pipeline.bundle import resolve_requests
 from cosmos_pipeline.errors import InputError
 from cosmos_pipeline.policy import Policy
 
-from .conftest import ASSETS
+from .conftest import ASSETS, checked
 from .media_files import png_bytes
 
 
@@ -27,7 +26,7 @@ def roots(tmp_path):
 
 
 def resolve(policy, **cli):
-    return resolve_requests(cli, policy=policy).requests
+    return checked(cli, policy)
 
 
 def test_media_and_output_inside_the_roots_are_accepted(roots):
@@ -140,13 +139,11 @@ def test_any_bundle_gives_requests_or_a_clear_error(tmp_path_factory, content, a
     bundle.write_text(content if isinstance(content, str) and as_text else json.dumps(content))
     policy = Policy(input_roots=(folder,), output_root=folder / "out")
     try:
-        plan = resolve_requests(
-            {"input_path": str(bundle), "output_path": str(folder / "out")}, policy=policy
-        )
+        requests = checked({"input_path": str(bundle), "output_path": str(folder / "out")}, policy)
     except InputError as error:
         assert str(error).strip() and "Traceback" not in str(error)
         return
-    for request in plan.requests:  # anything accepted is a valid, confined request
+    for request in requests:  # anything accepted is a valid, confined request
         assert request.prompt.strip() and request.output_path.resolve().is_relative_to(
             (folder / "out").resolve()
         )

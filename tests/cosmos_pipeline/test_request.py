@@ -31,7 +31,7 @@ def test_defaults_match_the_model_card():
     assert (request.num_inference_steps, request.guidance_scale) == (36, 7.0)
     assert request.model_id == "nvidia/Cosmos-Predict2.5-2B"
     assert request.revision == "diffusers/base/post-trained"
-    assert request.dtype == "bfloat16" and request.guardrail == "auto" and request.fit == "crop"
+    assert request.dtype == "auto" and request.guardrail == "auto" and request.fit == "crop"
 
 
 def test_prompts_are_stripped_and_required():

@@ -6,16 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from cosmos_pipeline.bundle import resolve_requests
 from cosmos_pipeline.errors import InputError
-from cosmos_pipeline.settings import (
-    EvaluationSuite,
-    Settings,
-    load_settings,
-    request_rows,
-    resolve,
-    suite_rows,
-)
+from cosmos_pipeline.settings import Settings, load_settings, request_rows
+from cosmos_pipeline.suites import EvaluationSuite, suite_rows
 
 REPO = Path(__file__).resolve().parents[2]
 ASSETS = REPO / "assets"
@@ -25,7 +18,7 @@ ASSETS = REPO / "assets"
 def profile(tmp_path: Path) -> Path:
     path = tmp_path / "site.toml"
     path.write_text(
-        'experiment = "from-file"\nretries = 5\ngpu_slots = 2\n'
+        'experiment = "from-file"\nwarm_resubmissions = 5\ngpu_slots = 2\n'
         '[request]\nmodel_id = "embedded:tiny"\nresolution = "256p"\nnum_frames = 29\n'
     )
     return path
@@ -40,7 +33,7 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_each_layer_beats_the_one_below(profile: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert Settings().experiment == "cosmos-generate"  # field default
     settings = load_settings(str(profile))
-    assert (settings.experiment, settings.retries, settings.gpu_slots) == ("from-file", 5, 2)
+    assert (settings.experiment, settings.warm_resubmissions, settings.gpu_slots) == ("from-file", 5, 2)
     monkeypatch.setenv("COSMOS_EXPERIMENT", "from-env")
     monkeypatch.setenv("COSMOS_REQUEST__NUM_FRAMES", "9")
     settings = load_settings(str(profile))
@@ -70,8 +63,8 @@ def test_unknown_profile_names_the_available_ones() -> None:
 
 
 def test_bad_value_is_an_input_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("COSMOS_RETRIES", "many")
-    with pytest.raises(InputError, match="retries"):
+    monkeypatch.setenv("COSMOS_WARM_RESUBMISSIONS", "many")
+    with pytest.raises(InputError, match="warm_resubmissions"):
         load_settings()
 
 
@@ -116,16 +109,16 @@ def test_rows_report_every_bad_row(tmp_path: Path) -> None:
         (3, "prompt"),
         (3, "height"),
     }
-    with pytest.raises(InputError, match=r"batch.jsonl:2: `num_frames`"):
-        resolve({"input_path": str(bundle)}, load_settings(output_dir=str(tmp_path)))
 
 
 @pytest.mark.parametrize("bundle", ["text2world.json", "image2world.json", "video2world.json", "batch.jsonl"])
-def test_resolve_matches_the_core_without_profile_defaults(bundle: str, tmp_path: Path) -> None:
+def test_settings_rows_match_the_core_without_profile_defaults(bundle: str, tmp_path: Path) -> None:
+    from cosmos_pipeline import bundle as core
+
     flags = {"input_path": str(ASSETS / bundle), "output_path": str(tmp_path), "seed": 5}
-    ours = resolve(flags, load_settings()).requests
-    core = resolve_requests(flags).requests
-    assert [r.model_dump() for r in ours] == [r.model_dump() for r in core]
+    ours = [row.request for row in request_rows(flags, load_settings())]
+    theirs = [row.request for row in core.request_rows(flags)]
+    assert [r.model_dump() for r in ours] == [r.model_dump() for r in theirs]
 
 
 def test_shipped_suites_load_with_assets_relative_to_the_file() -> None:

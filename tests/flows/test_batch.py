@@ -33,16 +33,16 @@ def test_keep_going_runs_past_a_failing_request_and_reports_it(tmp_path, capsys,
         {"name": "boom", "prompt": "b", "num_output_frames": 5, "seed": 2},
         {"name": "ok2", "prompt": "c", "num_output_frames": 5, "seed": 3},
     ])  # fmt: skip
-    from cosmos_pipeline import runner
+    from cosmos_pipeline import generate
 
-    real = runner.generate
+    real = generate.generate
 
     def failing(pipe, request, *args, **kwargs):
         if request.name == "boom":
             raise RuntimeError("CUDA out of memory (simulated)")
         return real(pipe, request, *args, **kwargs)
 
-    monkeypatch.setattr(runner, "generate", failing)
+    monkeypatch.setattr(generate, "generate", failing)
     out = tmp_path / "out"
     code = flows_cli.run([*TINY_ARGS, "--input_path", str(bundle), "--output_path", str(out), "--keep-going"])
     err = capsys.readouterr().err
@@ -55,9 +55,9 @@ def test_without_keep_going_the_batch_stops_at_the_failure(tmp_path, monkeypatch
     bundle = write_jsonl(
         tmp_path / "b.jsonl", [{"name": "boom", "prompt": "b"}, {"name": "ok", "prompt": "c"}]
     )
-    from cosmos_pipeline import runner
+    from cosmos_pipeline import generate
 
-    monkeypatch.setattr(runner, "generate", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("boom")))
+    monkeypatch.setattr(generate, "generate", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("boom")))
     out = tmp_path / "out"
     assert (
         flows_cli.run(
@@ -105,7 +105,8 @@ def test_sidecar_explains_the_output(tmp_path):
     request = GenerationRequest(**record["request"])
     assert request.output_path == out and request.model_id == "embedded:tiny"
     assert record["seed"] == request.seed and request.seed_chosen is True
-    assert record["request_key"] == request.key()
+    assert record["request_key"] == request.model_copy(update={"dtype": "auto"}).key()  # as asked
+    assert (request.device, request.dtype) == ("cpu", "float32")  # as it ran
     assert record["revision"] == "diffusers/base/post-trained" and record["guardrail"] is False
     assert record["adapter"] is None and record["mode"] == "text2world" and record["mlflow_run_id"]
     assert len(record["timings"]["steps_s"]) == 2 and record["timings"]["total_s"] > 0

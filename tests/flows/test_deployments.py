@@ -56,4 +56,4 @@ def test_prefect_deploys_the_file(prefect_api: str) -> None:
         evaluate = client.read_deployment_by_name("evaluate-variants/evaluate-variants")
     assert generate.work_pool_name == evaluate.work_pool_name == "cosmos-gpu"
     assert evaluate.schedules and evaluate.schedules[0].schedule.cron == "0 2 * * *"
-    assert evaluate.parameters == {"suite": "configs/eval/variants.toml"}
+    assert evaluate.parameters == {}  # the flow's own default suite (cosmos_pipeline.suites.DEFAULT_SUITE)

@@ -49,7 +49,7 @@ def evaluation(tmp_path_factory, mlflow_store, prefect_api) -> dict:
     settings = {**mlflow_store, "eval_experiment": "test-evaluation", "output_dir": str(directory / "out")}
     PIPELINES.clear()  # so a variant cached by an earlier test is loaded here, and counted
     result = evaluate(suite=str(suite), settings=settings)
-    return {**result, "settings": settings}
+    return {**vars(result), "settings": settings}
 
 
 def artifacts(client, run_id: str, path: str) -> list[str]:
@@ -130,13 +130,14 @@ lora_scale = 0.8
     settings = {**mlflow_store, "eval_experiment": "test-lora-eval", "output_dir": str(tmp_path / "out")}
     PIPELINES.clear()
     result = evaluate(suite=str(suite), settings=settings)
-    assert result["pipeline_loads"] == {"base": 1, "lora": 1} and result["cases"] == 2
-    [comparison] = result["comparisons"]
+    assert result.pipeline_loads == {"base": 1, "lora": 1} and result.cases == 2
+    [comparison] = result.comparisons
     assert Path(comparison).is_file()
     experiment = mlflow_client.get_experiment_by_name("test-lora-eval").experiment_id
-    children = mlflow_client.search_runs([experiment], f"tags.`{PARENT_TAG}` = '{result['parent_run_id']}'")
+    children = mlflow_client.search_runs([experiment], f"tags.`{PARENT_TAG}` = '{result.parent_run_id}'")
     params = {run.data.tags["variant"]: run.data.params for run in children}
-    assert params["lora"]["lora_path"] == str(tiny_lora) and params["lora"]["lora_scale"] == "0.8"
-    assert params["base"]["lora_path"] == "None"
+    assert params["lora"]["lora"] == f"{tiny_lora.name} x0.8" and params["base"]["lora"] == "none"
+    assert {run.info.run_name for run in children} == {"base · text2world_warehouse · seed 1",
+                                                       "lora · text2world_warehouse · seed 1"}  # fmt: skip
     outputs = {run.data.tags["variant"]: read_video(Path(run.data.tags["output_path"])) for run in children}
     assert not np.array_equal(outputs["base"], outputs["lora"])

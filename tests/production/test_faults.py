@@ -49,9 +49,9 @@ def generate_attempts(flow_run_id) -> int:
 def test_out_of_memory_says_what_to_do_and_the_process_keeps_serving(
     tracked, mlflow_client, monkeypatch
 ) -> None:
-    import tasks.generate
+    from cosmos_pipeline import runner
 
-    real, calls = tasks.generate.generate_request, []
+    real, calls = runner.generate_request, []
 
     def out_of_memory_once(pipe, request, on_step=None, options=None):
         calls.append(request.name)
@@ -59,7 +59,7 @@ def test_out_of_memory_says_what_to_do_and_the_process_keeps_serving(
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB (simulated)")
         return real(pipe, request, on_step, options)
 
-    monkeypatch.setattr(tasks.generate, "generate_request", out_of_memory_once)
+    monkeypatch.setattr(runner, "generate_request", out_of_memory_once)
     output = Path(tracked["output_dir"]) / "first.mp4"
     state = run(tracked, output)
 

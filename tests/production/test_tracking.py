@@ -45,8 +45,7 @@ def artifacts(client: MlflowClient, run_id: str, path: str | None = None) -> set
 
 
 def settings_for(server: MlflowServer, tmp_path: Path, experiment: str) -> dict:
-    return {"tracking_uri": server.uri, "output_dir": str(tmp_path / "outputs"), "experiment": experiment,
-            "retries": 0}  # fmt: skip
+    return {"tracking_uri": server.uri, "output_dir": str(tmp_path / "outputs"), "experiment": experiment}
 
 
 def run_image2world(settings: dict, output: Path, seed: int = 3) -> dict:

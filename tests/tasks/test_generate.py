@@ -1,6 +1,4 @@
-"""The generate task's retry rule and device limits, with a real Prefect task for the retries."""
-
-import socket
+"""The generate task's retry rule, with a real Prefect task for the retries."""
 
 import pytest
 import torch
@@ -10,9 +8,7 @@ from prefect import flow, task
 from cosmos_pipeline.errors import GuardrailUnavailableError, InputError
 from cosmos_pipeline.generate import UnsafeContentError
 from cosmos_pipeline.media import OutputExistsError
-from tasks.generate import concurrency_limit_names, is_transient, retry_on_transient
-
-HOST = socket.gethostname()
+from tasks.generate import RETRIES, generate_video, is_transient, retry_on_transient
 
 
 @pytest.mark.parametrize(
@@ -58,9 +54,5 @@ def test_prefect_retries_transient_errors_only(error: type[Exception], calls: in
     assert len(attempts) == calls
 
 
-def test_limits_name_the_physical_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert concurrency_limit_names("cpu", None) == [f"cpu-{HOST}"]
-    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
-    assert concurrency_limit_names("cuda:1", None) == [f"gpu-{HOST}-3"]
-    assert concurrency_limit_names("cuda", None) == [f"gpu-{HOST}-2"]
-    assert concurrency_limit_names("cuda", "balanced") == [f"gpu-{HOST}-2", f"gpu-{HOST}-3"]
+def test_retries_are_declared_on_the_task() -> None:
+    assert generate_video.retries == RETRIES and generate_video.retry_condition_fn is retry_on_transient

@@ -2,7 +2,7 @@
 
 import pandas as pd
 
-from tasks.track import markdown_table, summary_table
+from tasks.report import markdown_table, summary_table
 
 
 def runs_frame() -> pd.DataFrame:

@@ -21,8 +21,8 @@ class Future:
     def wait(self, timeout: float) -> None:  # Prefect's raises on a read without a state
         raise RuntimeError(f"Task run {self.task_run_id} has no state which means it hasn't started yet.")
 
-    def result(self) -> dict:
-        return {"name": "clip"}
+    def result(self) -> str:
+        return "the record"
 
 
 @pytest.fixture
@@ -56,7 +56,7 @@ def client(monkeypatch: pytest.MonkeyPatch):
 def test_a_task_run_read_between_two_states_is_waited_on(client) -> None:
     client.future = Future([None, Running(), None, Completed()])
     client.beats = [{"worker": "w", "beat": 1}]
-    assert await_worker(client.future, load_settings("tiny")) == {"name": "clip"}
+    assert await_worker(client.future, load_settings("tiny")) == "the record"
 
 
 def test_a_worker_whose_beat_stops_is_lost_and_its_task_run_crashed(client) -> None:

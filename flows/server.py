@@ -1,0 +1,101 @@
+"""A temporary Prefect API server for one command-line call, when no PREFECT_API_URL points at one.
+
+Prefect's own temporary server starts inside the first flow call, in the terminal's process group: it
+costs its start-up time after everything else, and Ctrl-C kills it with the run, so the run can no
+longer record how it ended. This one is Prefect's same server command (the API app on uvicorn, UI off,
+its SQLite database under PREFECT_HOME), started first thing in a session of its own: it starts while
+the command validates its input and imports the model, Ctrl-C reaches only the command, which records
+the interruption and then stops it. It also ends with its parent if the parent is killed outright.
+"""
+
+import contextlib
+import ctypes
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+STARTUP_TIMEOUT_S = 120.0  # a first start creates the database; a small machine takes a while
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGTERM when the parent dies (Linux), so no server outlives a killed CLI."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class TemporaryServer:
+    """Started at construction; `wait()` returns its API URL once healthy; `stop()` ends it."""
+
+    def __init__(self) -> None:
+        self.port = _free_port()
+        self.api_url = f"http://127.0.0.1:{self.port}/api"
+        import importlib.util  # Prefect's location, without importing Prefect (seconds) here
+
+        spec = importlib.util.find_spec("prefect")
+        assert spec is not None and spec.origin is not None, "prefect is not installed"
+        app_dir = str(Path(spec.origin).parent.parent)
+        env = {
+            **os.environ,
+            "PREFECT_UI_ENABLED": "0",  # what Prefect's own temporary server sets
+            "PREFECT__SERVER_EPHEMERAL": "1",
+            "PREFECT__SERVER_FINAL": "1",
+        }
+        command = [
+            sys.executable, "-m", "uvicorn", "--app-dir", app_dir, "--factory",
+            "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(self.port),
+            "--log-level", "error", "--lifespan", "on",
+        ]  # fmt: skip
+        self.process = subprocess.Popen(
+            command,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            start_new_session=True,  # Ctrl-C in the terminal reaches the command, not its server
+            preexec_fn=_die_with_parent,
+        )
+
+    def healthy(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.api_url}/health", timeout=2) as response:
+                return response.status == 200
+        except OSError:
+            return False
+
+    def wait(self, timeout_s: float = STARTUP_TIMEOUT_S) -> str:
+        deadline = time.monotonic() + timeout_s
+        while not self.healthy():
+            if self.process.poll() is not None:
+                error = self.process.stderr.read().decode(errors="replace") if self.process.stderr else ""
+                raise RuntimeError(
+                    f"the temporary Prefect server exited ({self.process.returncode}): {error[-2000:]}"
+                )
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(
+                    f"the temporary Prefect server did not start within {timeout_s:.0f} s; start one with "
+                    "`prefect server start` and set PREFECT_API_URL"
+                )
+            time.sleep(0.05)
+        return self.api_url
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
