@@ -19,6 +19,7 @@ from cosmos_pipeline.errors import InputError
 from cosmos_pipeline.media import check_media, check_output_path, read_video
 from cosmos_pipeline.policy import Policy, check_media_size, check_paths, check_sizes
 from cosmos_pipeline.request import GenerationRequest
+from cosmos_pipeline.storage import is_file, local
 
 # Problems are reported under the names people type (flags and bundle keys), not the pipeline's.
 SHOWN_NAMES = {field_name: seed_name for seed_name, field_name in SEED_NAMES.items()}
@@ -94,15 +95,18 @@ def shown(field_name: str) -> str:
 
 
 def media_problem(request: GenerationRequest, policy: Policy) -> str | None:
-    """Why the request's input media cannot condition it, or None: size from the header, then decoding."""
+    """Why the request's input media cannot condition it, or None: size (a URI's before it is fetched),
+    the header, then decoding. A URI's problems name the URI, not this host's cached copy."""
     path = request.input_path
     assert path is not None
-    if not path.is_file():
+    if not is_file(path):
         return f"input media {path} does not exist or is not a file"
+    copy = None
     try:
         check_media_size(path, policy)  # from the header: a decompression bomb is never decoded
-        if check_media(path, size=(request.height, request.width)) == "video":
-            frames = read_video(path, max_frames=request.conditioning_frames).shape[0]
+        copy = local(path, policy.max_media_bytes)
+        if check_media(copy, size=(request.height, request.width)) == "video":
+            frames = read_video(copy, max_frames=request.conditioning_frames).shape[0]
             if frames < request.conditioning_frames:
                 return (
                     f"input video {path} has {frames} frame(s) but Video2World with "
@@ -110,7 +114,7 @@ def media_problem(request: GenerationRequest, policy: Policy) -> str | None:
                     f"{request.conditioning_frames}; use a longer video or num_latent_conditional_frames=1"
                 )
     except InputError as error:
-        return str(error)
+        return str(error) if copy is None else str(error).replace(str(copy), str(path))
     return None
 
 

@@ -1,7 +1,8 @@
 """Asset bundles and the one place where the seed's flag names become request fields.
 
-A bundle is a `.json` file (one request) or a `.jsonl` file (one request per line). Paths inside
-a bundle are relative to the bundle file. Values are layered: an explicit CLI value beats the
+A bundle is a `.json` file (one request) or a `.jsonl` file (one request per line), on disk or in an
+object store (`s3://...`). Paths inside a bundle are relative to the bundle file (a bundle's URI is
+the base of its relative keys). Values are layered: an explicit CLI value beats the
 bundle, which beats the request's default. Keys of NVIDIA's bundles that do not apply here are
 accepted and ignored; any other unknown key is an error naming the nearest known one, so a typo
 is never silently dropped. `name` names the run and its output.
@@ -21,6 +22,7 @@ from cosmos_pipeline.errors import InputError
 from cosmos_pipeline.policy import Policy, check_readable
 from cosmos_pipeline.request import RESOLUTIONS, GenerationRequest
 from cosmos_pipeline.sidecar import read_sidecar
+from cosmos_pipeline.storage import URI, Location, exists, is_uri, location, read_text
 
 LOCAL_POLICY = Policy()  # the CLI's: the user's own files anywhere, default size limits
 
@@ -51,17 +53,19 @@ BUNDLE_KEYS = frozenset(
 FLAG_KEYS = BUNDLE_KEYS | {"override_visual_input"}
 
 
-def is_bundle(path: Path) -> bool:
+def is_bundle(path: Path | URI) -> bool:
     return path.suffix.lower() in BUNDLE_SUFFIXES
 
 
-def read_bundle(path: Path, policy: Policy = LOCAL_POLICY) -> list[dict[str, Any]]:
+def read_bundle(path: Path | URI, policy: Policy = LOCAL_POLICY) -> list[dict[str, Any]]:
     """The raw entries of a bundle, with relative paths made relative to the bundle's folder."""
     check_readable(path, policy, "bundle")
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_text(path, policy.max_media_bytes)
     except FileNotFoundError:
         raise InputError(f"bundle not found: {path}") from None
+    except InputError as error:
+        raise InputError(f"bundle not readable: {error}") from None
     except (OSError, UnicodeDecodeError) as error:
         raise InputError(f"bundle not readable: {path} ({error})") from None
     lines = text.splitlines() if path.suffix.lower() == ".jsonl" else [text]
@@ -79,8 +83,11 @@ def read_bundle(path: Path, policy: Policy = LOCAL_POLICY) -> list[dict[str, Any
             unreadable.append(f"bundle {where} must hold a JSON object, not {type(entry).__name__}")
             continue
         for key in PATH_KEYS:  # a value that is no path is its row's problem (`request_rows`)
-            if isinstance(entry.get(key), str) and entry[key]:
-                entry[key] = str(path.parent / entry[key])
+            value = entry.get(key)
+            if isinstance(value, str) and value and not is_uri(value) and not Path(value).is_absolute():
+                # Below a URI as text: the row's own check refuses a key that climbs out (`..`).
+                joined = f"{str(path.parent).rstrip('/')}/{value}"
+                entry[key] = joined if isinstance(path, URI) else str(path.parent / value)
         entry["_where"] = where
         entries.append(entry)
     if unreadable:  # every line that holds no request, not only the first
@@ -124,10 +131,11 @@ def normalise(values: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _read_text_file(path: str, key: str, policy: Policy) -> str:
-    check_readable(Path(path), policy, f"--{key}")
+    place = location(path)
+    check_readable(place, policy, f"--{key}")
     try:
-        return Path(path).read_text(encoding="utf-8").strip()
-    except (OSError, UnicodeDecodeError) as error:
+        return read_text(place, policy.max_media_bytes).strip()
+    except (OSError, UnicodeDecodeError, InputError) as error:
         raise InputError(f"cannot read --{key} {path}: {error}") from None
 
 
@@ -158,7 +166,7 @@ def merge(cli: Mapping[str, Any], entry: Mapping[str, Any], policy: Policy = LOC
     return merged
 
 
-def default_output_path(fields: Mapping[str, Any], output_dir: Path) -> Path:
+def default_output_path(fields: Mapping[str, Any], output_dir: Path | URI) -> Path | URI:
     name = fields.get("name") or "generation"
     safe = re.sub(r"[^A-Za-z0-9._-]+", "_", str(name)).strip("._") or "generation"
     suffix = ".png" if fields.get("num_frames") == 1 else ".mp4"
@@ -205,13 +213,13 @@ def _validate_row(row: Row) -> None:
 def already_done(request: GenerationRequest) -> bool:
     """The output exists and its sidecar records the same request key."""
     assert request.output_path is not None
-    record = read_sidecar(request.output_path) if request.output_path.exists() else None
+    record = read_sidecar(request.output_path) if exists(request.output_path) else None
     return record is not None and record.get("request_key") == request.key()
 
 
-def read_entries(input_path: Path, policy: Policy = LOCAL_POLICY) -> list[dict[str, Any]]:
-    """Entries of a bundle, or of every bundle in a folder (sorted by name)."""
-    if input_path.is_dir():
+def read_entries(input_path: Path | URI, policy: Policy = LOCAL_POLICY) -> list[dict[str, Any]]:
+    """Entries of a bundle, or of every bundle in a local folder (sorted by name)."""
+    if isinstance(input_path, Path) and input_path.is_dir():
         check_readable(input_path, policy, "bundle folder")
         bundles = sorted(path for path in input_path.iterdir() if is_bundle(path))
         if not bundles:
@@ -223,7 +231,7 @@ def read_entries(input_path: Path, policy: Policy = LOCAL_POLICY) -> list[dict[s
 def request_rows(
     explicit: Mapping[str, Any],
     defaults: Mapping[str, Any] | None = None,
-    output_dir: Path = DEFAULT_OUTPUT_DIR,
+    output_dir: Location = DEFAULT_OUTPUT_DIR,
     policy: Policy = LOCAL_POLICY,
 ) -> list[Row]:
     """Every row an invocation asks for, each with its seeded request or all its problems.
@@ -241,15 +249,16 @@ def request_rows(
         if key in explicit and not isinstance(explicit[key], str | Path):
             raise InputError(f"`{key}` must be a path string, not {explicit[key]!r}")
     input_path = explicit.pop("input_path", None)
-    if input_path is not None and (is_bundle(Path(input_path)) or Path(input_path).is_dir()):
-        entries = read_entries(Path(input_path), policy)
+    source = None if input_path is None else location(input_path)
+    if source is not None and (is_bundle(source) or isinstance(source, Path) and source.is_dir()):
+        entries = read_entries(source, policy)
     else:
         if input_path is not None:
             explicit["input_path"] = str(input_path)
         entries = [{"_where": "command line"}]
     output = explicit.pop("output_path", None)
-    if output is not None and Path(output).suffix.lower() not in {".mp4", ".png"}:
-        output_dir, output = Path(output), None  # a folder for many outputs
+    if output is not None and location(output).suffix.lower() not in {".mp4", ".png"}:
+        output_dir, output = location(output), None  # a folder for many outputs
     if output is not None and len(entries) > 1:
         raise InputError(
             f"--output_path {output} names one file but the bundle holds {len(entries)} requests; "
@@ -273,7 +282,7 @@ def request_rows(
             row.problems.append(Problem(index, entry.get("name"), wrong, message))
             continue
         row.fields = {**base, **layered}  # an explicit height or width beats a default resolution
-        row.fields.setdefault("name", Path(input_path).stem if input_path and len(entries) == 1 else None)
+        row.fields.setdefault("name", source.stem if source is not None and len(entries) == 1 else None)
         row.fields["output_path"] = (
             output or row.fields.get("output_path") or default_output_path(row.fields, output_dir)
         )

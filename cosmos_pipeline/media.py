@@ -10,7 +10,7 @@ existing file unless asked, so an interrupted or concurrent run cannot leave a h
 clobbered result behind.
 
 Videos are decoded and encoded with the ffmpeg binary that `imageio-ffmpeg` ships, so no system
-ffmpeg is needed.
+ffmpeg is needed. An input named by URI is read from this host's cache (`cosmos_pipeline.storage`).
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ import numpy as np
 from PIL import ExifTags, Image, ImageCms, ImageOps
 
 from .errors import InputError
+from .storage import URI, Location, exists, local
 
 logger = logging.getLogger(__name__)
 
@@ -83,7 +84,7 @@ def media_kind(path: Path) -> MediaKind:
     )
 
 
-def check_media(path: Path, size: tuple[int, int] | None = None) -> MediaKind:
+def check_media(path: Location, size: tuple[int, int] | None = None) -> MediaKind:
     """Pre-flight check of an input file: it exists, is readable, has a supported suffix and decodes
     completely, so a truncated or corrupt file is refused with the decoder's reason.
 
@@ -91,7 +92,7 @@ def check_media(path: Path, size: tuple[int, int] | None = None) -> MediaKind:
     width), fitting it up by more than MAX_UPSCALE is logged as a warning. A JPEG is decoded at 1/8
     scale (every byte is still read), a video to nothing: the check costs a fraction of a full read.
     """
-    path = Path(path)
+    path = local(path)
     _check_readable_file(path)
     kind = media_kind(path)
     if kind == "image":
@@ -113,7 +114,7 @@ def check_media(path: Path, size: tuple[int, int] | None = None) -> MediaKind:
     return kind
 
 
-def read_image(path: Path, size: tuple[int, int] | None = None) -> np.ndarray:
+def read_image(path: Location, size: tuple[int, int] | None = None) -> np.ndarray:
     """Read an image as (H, W, 3) uint8 sRGB, upright (EXIF orientation applied).
 
     Every mode is converted, never clipped: 16-bit and 32-bit samples are scaled to 8 bits, palettes
@@ -122,13 +123,13 @@ def read_image(path: Path, size: tuple[int, int] | None = None) -> np.ndarray:
     image will be fitted to, a JPEG at least twice that size is decoded at 1/2, 1/4 or 1/8 scale (DCT
     scaling, never below `size`): a 50-megapixel photo then takes a fraction of the time and memory.
     """
-    path = Path(path)
+    path = local(path)
     _check_readable_file(path)
     image, _ = _open_image(path, size)
     return np.asarray(image, dtype=np.uint8)
 
 
-def image_size(path: Path) -> tuple[int, int]:
+def image_size(path: Location) -> tuple[int, int]:
     """(width, height) from the image's header only, so a decompression bomb is measured, never decoded.
 
     Pillow itself refuses images over 2 x `Image.MAX_IMAGE_PIXELS` (`Image.DecompressionBombError`).
@@ -136,7 +137,7 @@ def image_size(path: Path) -> tuple[int, int]:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the caller's limit decides
-            with Image.open(path) as image:
+            with Image.open(local(path)) as image:
                 return image.size
     except Image.DecompressionBombError:
         raise
@@ -144,16 +145,16 @@ def image_size(path: Path) -> tuple[int, int]:
         raise InputError(f"input media corrupt or not an image: {path}: {_reason(error)}") from None
 
 
-def video_size(path: Path) -> tuple[int, int]:
+def video_size(path: Location) -> tuple[int, int]:
     """(width, height) of the frames of the first video stream, from ffmpeg's reading of the header."""
-    reader = _video_reader(path)
+    reader = _video_reader(local(path))
     try:
         return _video_meta(reader, path)
     finally:
         reader.close()  # stops ffmpeg before it decodes
 
 
-def read_video(path: Path, max_frames: int | None = None, last: bool = False) -> np.ndarray:
+def read_video(path: Location, max_frames: int | None = None, last: bool = False) -> np.ndarray:
     """Read a video as (T, H, W, 3) uint8 RGB; a truncated or corrupt video is refused.
 
     With `max_frames`, keep the first `max_frames` frames, or the last ones when `last=True`
@@ -161,7 +162,7 @@ def read_video(path: Path, max_frames: int | None = None, last: bool = False) ->
     """
     if max_frames is not None and max_frames < 1:
         raise ValueError(f"max_frames must be >= 1 or None, got {max_frames}")
-    path = Path(path)
+    path = local(path)
     _check_readable_file(path)
     _decoded_frame_count(path)  # ffmpeg stops at a broken frame without failing: check the whole file first
     frames_iter = _iter_video_frames(path)
@@ -179,9 +180,9 @@ def read_video(path: Path, max_frames: int | None = None, last: bool = False) ->
     return np.stack(frames)
 
 
-def content_hash(path: Path) -> str:
+def content_hash(path: Location) -> str:
     """SHA-256 hex digest of the file's bytes, recorded with a run to identify its inputs."""
-    with open(path, "rb") as f:
+    with open(local(path), "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
@@ -434,14 +435,14 @@ def fit_frames(frames: np.ndarray, height: int, width: int, mode: FitMode = "cro
 # ----------------------------------------------------------------------------- outputs
 
 
-def check_output_path(path: Path, num_frames: int, overwrite: bool) -> None:
+def check_output_path(path: Location, num_frames: int, overwrite: bool) -> None:
     """Pre-flight check of an output path, before any model loads; creates nothing.
 
     One frame is written as PNG, more as MP4; the path must not exist unless `overwrite`, and the
     directory it goes in (or the nearest existing ancestor, since parents are created) must be
-    writable.
+    writable. A URI's object must not exist unless `overwrite` (the upload is what tells whether the
+    store lets this host write there).
     """
-    path = Path(path)
     if num_frames < 1:
         raise InputError(f"num_frames must be >= 1, got {num_frames}")
     expected = ".png" if num_frames == 1 else ".mp4"
@@ -453,6 +454,10 @@ def check_output_path(path: Path, num_frames: int, overwrite: bool) -> None:
             f"output path {path} has suffix {path.suffix or '(none)'!r}, but {what}; "
             f"use e.g. {path.with_suffix(expected)}"
         )
+    if isinstance(path, URI):
+        if not overwrite and exists(path):
+            raise _exists_error(path)
+        return
     if path.is_dir():
         raise InputError(f"output path {path} is a directory; give a file path ending in {expected}")
     if path.exists() and not overwrite:
@@ -544,7 +549,7 @@ def _link_no_clobber(tmp: Path, path: Path) -> None:
         os.replace(tmp, path)
 
 
-def _exists_error(path: Path) -> OutputExistsError:
+def _exists_error(path: Location) -> OutputExistsError:
     return OutputExistsError(
         f"output exists: {path}; pass --overwrite to replace it or choose another --output_path"
     )

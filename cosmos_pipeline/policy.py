@@ -2,9 +2,10 @@
 
 A deployment or a shared worker takes requests from people it should not trust with its file
 system or its GPU. The policy confines media reads to input roots and outputs to an output root
-(after resolving `..` and symlinks), and bounds prompt length, media size in bytes and pixels,
-frame counts and resolution, before anything is decoded in full or loaded. Locally the CLI runs
-with no roots (the user's own files) but the same size limits.
+(local folders after resolving `..` and symlinks; URI prefixes such as `s3://bucket/inputs/`, whose
+URIs were checked when parsed: `cosmos_pipeline.storage`), and bounds prompt length, media size in
+bytes and pixels, frame counts and resolution, before anything is decoded in full or loaded. Locally
+the CLI runs with no roots (the user's own files) but the same size limits.
 """
 
 from pathlib import Path
@@ -15,13 +16,14 @@ from pydantic import BaseModel, ConfigDict
 from cosmos_pipeline.errors import InputError
 from cosmos_pipeline.media import image_size, media_kind, video_size
 from cosmos_pipeline.request import GenerationRequest
+from cosmos_pipeline.storage import URI, Location, is_file, size
 
 
 class Policy(BaseModel):
     model_config = ConfigDict(frozen=True)
 
-    input_roots: tuple[Path, ...] | None = None  # None: media may be read anywhere
-    output_root: Path | None = None  # None: outputs may be written anywhere
+    input_roots: tuple[Location, ...] | None = None  # folders or URI prefixes; None: read anywhere
+    output_root: Location | None = None  # a folder or a URI prefix; None: write anywhere
     max_prompt_chars: int = 20_000  # the text encoder reads 512 tokens; more is a mistake or abuse
     max_media_bytes: int = 1 << 30
     # Per input frame, checked from the header before decoding: 64 MP admits every common camera's photos
@@ -39,11 +41,13 @@ def _limit(policy: Policy, field: str, unit: str) -> str:
     )
 
 
-def _inside(path: Path, root: Path) -> bool:
+def _inside(path: Path | URI, root: Path | URI) -> bool:
+    if isinstance(path, URI) or isinstance(root, URI):  # a URI is under a URI prefix, never a folder
+        return isinstance(path, URI) and isinstance(root, URI) and path.is_under(root)
     return path.resolve().is_relative_to(root.resolve())
 
 
-def check_readable(path: Path, policy: Policy, what: str) -> None:
+def check_readable(path: Path | URI, policy: Policy, what: str) -> None:
     """A file the request reads (bundle, prompt file, media, adapter, model folder) is under an input root."""
     if policy.input_roots is not None and not any(_inside(path, root) for root in policy.input_roots):
         roots = ", ".join(str(root) for root in policy.input_roots)
@@ -79,11 +83,12 @@ def check_sizes(request: GenerationRequest, policy: Policy) -> None:
         )
 
 
-def check_media_size(path: Path, policy: Policy) -> None:
-    """File bytes and frame pixels from the header only, so a decompression bomb is never decoded."""
-    size = path.stat().st_size
-    if size > policy.max_media_bytes:
-        raise InputError(f"input {path} is {size} bytes; {_limit(policy, 'max_media_bytes', 'bytes')}")
+def check_media_size(path: Path | URI, policy: Policy) -> None:
+    """File bytes (a URI's before it is fetched) and frame pixels from the header only, so a decompression
+    bomb is never decoded."""
+    length = size(path)
+    if length > policy.max_media_bytes:
+        raise InputError(f"input {path} is {length} bytes; {_limit(policy, 'max_media_bytes', 'bytes')}")
     try:
         width, height = image_size(path) if media_kind(path) == "image" else video_size(path)
     except Image.DecompressionBombError:
@@ -101,5 +106,5 @@ def check_media_size(path: Path, policy: Policy) -> None:
 def enforce(request: GenerationRequest, policy: Policy) -> None:
     check_paths(request, policy)
     check_sizes(request, policy)
-    if request.input_path is not None and request.input_path.is_file():
+    if request.input_path is not None and is_file(request.input_path):
         check_media_size(request.input_path, policy)

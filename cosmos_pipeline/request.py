@@ -15,6 +15,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from cosmos_pipeline.media import IMAGE_SUFFIXES, VIDEO_SUFFIXES, FitMode
+from cosmos_pipeline.storage import URI, Location, content_digest
 
 DEFAULT_MODEL_ID = "nvidia/Cosmos-Predict2.5-2B"
 EMBEDDED_MODEL_ID = "embedded:tiny"  # the offline model shipped with the project (cosmos_pipeline.tiny)
@@ -38,15 +39,15 @@ def nearest_valid_frame_counts(num_frames: int) -> tuple[int, int]:
 
 
 class GenerationRequest(BaseModel):
-    """One generation. Paths are absolute or relative to the working directory."""
+    """One generation. Paths are absolute or relative to the working directory, or URIs (`s3://...`)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str | None = None
     prompt: str
     negative_prompt: str | None = None  # None: the pipeline's quality-focused default
-    input_path: Path | None = None  # an image or a video to condition on
-    output_path: Path | None = None
+    input_path: Location | None = None  # an image or a video to condition on
+    output_path: Location | None = None
     num_frames: int = Field(default=93, ge=1)
     height: int = Field(default=RESOLUTIONS["720p"][0], gt=0)
     width: int = Field(default=RESOLUTIONS["720p"][1], gt=0)
@@ -59,7 +60,7 @@ class GenerationRequest(BaseModel):
     # Long videos (num_frames > MAX_WINDOW_FRAMES) chain Video2World windows; defaults of the native scripts.
     chunk_size: int = Field(default=77, ge=5, le=MAX_WINDOW_FRAMES)  # frames per window, 4k+1
     chunk_overlap: int = Field(default=1, ge=1, le=2)  # latent frames each window takes from the previous
-    lora_path: Path | None = None  # a LoRA adapter (diffusers format) applied to the transformer
+    lora_path: Location | None = None  # a LoRA adapter (diffusers format) applied to the transformer
     lora_scale: float = Field(default=1.0, ge=0.0, le=10.0, allow_inf_nan=False)
     model_id: str = DEFAULT_MODEL_ID
     revision: str = DEFAULT_REVISION
@@ -108,7 +109,7 @@ class GenerationRequest(BaseModel):
 
     @field_validator("input_path")
     @classmethod
-    def _supported_media(cls, path: Path | None) -> Path | None:
+    def _supported_media(cls, path: Path | URI | None) -> Path | URI | None:
         if path is not None and path.suffix.lower() not in IMAGE_SUFFIXES | VIDEO_SUFFIXES:
             raise ValueError(
                 f"unsupported media suffix {path.suffix!r} for {path}; use an image "
@@ -202,12 +203,12 @@ class GenerationRequest(BaseModel):
         """A stable hash of everything that determines the output (not where it goes or on which device).
 
         A seed drawn by `with_seed` is left out, so re-running a request that gave no seed finds its
-        earlier output. Input media count by content, not by path.
+        earlier output. Input media count by content, not by path (a URI's content through this host's cache).
         """
         ignored = {"name", "output_path", "overwrite", "device", "device_map", "cfg_parallel", "seed_chosen"}
         fields = self.model_dump(mode="json", exclude=ignored)
         if self.seed_chosen:
             fields["seed"] = None
-        if self.input_path is not None and self.input_path.is_file():
-            fields["input_path"] = hashlib.sha256(self.input_path.read_bytes()).hexdigest()
+        if self.input_path is not None and (digest := content_digest(self.input_path)) is not None:
+            fields["input_path"] = digest
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()

@@ -36,6 +36,7 @@ from cosmos_pipeline.errors import InputError
 from cosmos_pipeline.media import FitMode
 from cosmos_pipeline.policy import Policy
 from cosmos_pipeline.request import RESOLUTIONS, Dtype, GuardrailMode
+from cosmos_pipeline.storage import Location
 
 # Profiles are looked up in the working directory's configs/ first (a deployment's checkout), then
 # next to this package (an editable install run from elsewhere).
@@ -112,7 +113,7 @@ class Settings(BaseSettings):
     artifact_root: Path = Path("mlartifacts")
     experiment: str = "cosmos-generate"
     eval_experiment: str = "cosmos-evaluate"
-    output_dir: Path = DEFAULT_OUTPUT_DIR
+    output_dir: Location = DEFAULT_OUTPUT_DIR  # a folder, or a URI prefix (`s3://bucket/outputs`)
     gpu_slots: int = Field(default=1, ge=1)  # generations at once per GPU: one, or they thrash memory
     gpu_wait_timeout_s: float | None = None  # None waits for a free GPU as long as it takes
     # One lock file per GPU slot of the host (cosmos_pipeline.slots), shared by every checkout and user.

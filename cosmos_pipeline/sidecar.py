@@ -1,4 +1,7 @@
-"""The record beside every output (`<output>.json`), so an output stays explainable away from MLflow."""
+"""The record beside every output (`<output>.json`), so an output stays explainable away from MLflow.
+
+Written locally beside its output; an output bound for an object store is uploaded with its sidecar
+(`cosmos_pipeline.runner`), and read back from there."""
 
 import json
 import os
@@ -8,12 +11,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import cosmos_pipeline
+from cosmos_pipeline.storage import URI, read_text
 
 if TYPE_CHECKING:  # the sidecar is read where no model runs: no torch import for that
     from cosmos_pipeline.generate import GenerationResult
 
 
-def sidecar_path(output_path: Path) -> Path:
+def sidecar_path(output_path: Path | URI) -> Path | URI:
     return output_path.with_name(output_path.name + ".json")
 
 
@@ -71,8 +75,9 @@ def write_sidecar(result: "GenerationResult", output_path: Path, extra: dict[str
     return path
 
 
-def read_sidecar(output_path: Path) -> dict[str, Any] | None:
+def read_sidecar(output_path: Path | URI) -> dict[str, Any] | None:
+    """The output's record, or None where there is none (or it is unreadable)."""
     try:
-        return json.loads(sidecar_path(output_path).read_text())
-    except (OSError, ValueError):
+        return json.loads(read_text(sidecar_path(output_path)))
+    except (OSError, ValueError):  # InputError is a ValueError: a missing object, a store that is away
         return None

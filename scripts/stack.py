@@ -1,6 +1,9 @@
-"""Start, inspect and stop the production stack on one GPU host (README "Production").
+"""Start, inspect and stop the production stack: on one GPU host, or servers on one and workers on many
+(README "Production").
 
     python scripts/stack.py up [--gpus N] [--cold] [--host 127.0.0.1]   # or: make stack
+    python scripts/stack.py up --host 0.0.0.0 --object-store s3://bucket/cosmos --servers-only
+    python scripts/stack.py worker --host <server host> --object-store s3://bucket/cosmos  # each GPU host
     python scripts/stack.py status
     eval "$(python scripts/stack.py env)"     # PREFECT_API_URL, COSMOS_TRACKING_URI for this shell
     python scripts/stack.py down                                          # or: make stack-down
@@ -12,6 +15,13 @@ healthy: a Prefect server, an MLflow tracking server (SQLite + a local artifact 
 (`cosmos-worker`), both pinned with CUDA_VISIBLE_DEVICES. Servers bind to loopback unless --host
 says otherwise. It is idempotent: what already runs is kept. Each service is its own process group
 with a pid file and a log under --dir (default .stack/); `down` stops them, workers first.
+
+Hosts that share no disk share an object store (--object-store, a URI prefix): outputs go to
+`<store>/outputs`, requests may read `<store>/inputs` (and the checkout's assets/), Prefect's results and
+warm workers' parameters go through a `remote-file-system` block on `<store>/prefect` that `up` creates,
+and the MLflow server keeps artifacts in `<store>/mlartifacts` (clients upload through it). `worker`
+starts one host's workers against servers elsewhere. Credentials come from the AWS environment of each
+process (AWS_ACCESS_KEY_ID..., AWS_ENDPOINT_URL for another S3 server); nothing records them.
 """
 
 import argparse
@@ -27,6 +37,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from cosmos_pipeline.errors import InputError
+from cosmos_pipeline.storage import URI, exists, location
 from tasks.scrub import scrub
 
 REPO = Path(__file__).resolve().parents[1]
@@ -35,11 +47,12 @@ POOL = "cosmos-gpu"
 ZOMBIES = "cosmos: crash flow runs whose heartbeats stopped"
 HEARTBEAT_S = 30  # flow-run heartbeats (Prefect's minimum); a run silent for ZOMBIE_AFTER_S is CRASHED
 ZOMBIE_AFTER_S = 120
+RESULTS_BLOCK = "cosmos-results"  # the remote-file-system block of --object-store
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("command", choices=["up", "down", "status", "env"])
+    parser.add_argument("command", choices=["up", "worker", "down", "status", "env"])
     parser.add_argument("--dir", type=Path, default=REPO / ".stack", help="pid files, logs, server state")
     parser.add_argument("--host", default="127.0.0.1", help="where the servers listen (default: loopback)")
     parser.add_argument("--prefect-port", type=int, default=4200)
@@ -55,8 +68,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--cold", action="store_true", help="no warm workers: generations run in the flow run"
     )
+    parser.add_argument(
+        "--object-store",
+        type=object_store,
+        help="URI prefix every host shares (s3://bucket/prefix): outputs, Prefect results, MLflow artifacts",
+    )
+    parser.add_argument(
+        "--servers-only", action="store_true", help="up: no workers here (GPU hosts run `worker`)"
+    )
+    parser.add_argument(
+        "--name", default=socket.gethostname(), help="this host's name for its workers (default: host name)"
+    )
     parser.add_argument("--timeout", type=float, default=180, help="seconds to wait for each service")
     return parser.parse_args(argv)
+
+
+def object_store(value: str) -> URI:
+    try:
+        store = location(value.rstrip("/"))
+    except InputError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    if not isinstance(store, URI):
+        raise argparse.ArgumentTypeError(f"{value} is not a URI; give the prefix as s3://bucket/prefix")
+    return store
 
 
 # ----------------------------------------------------------------------------- processes
@@ -80,11 +114,12 @@ def running(args: argparse.Namespace, name: str) -> int | None:
     return None if state == "Z" else pid
 
 
-def spawn(args: argparse.Namespace, name: str, command: list[str], env: dict[str, str]) -> None:
-    """Start `command` in its own process group (so `down` stops all it started), logging to <dir>/logs."""
+def spawn(args: argparse.Namespace, name: str, command: list[str], env: dict[str, str]) -> bool:
+    """Start `command` in its own process group (so `down` stops all it started), logging to <dir>/logs;
+    False if it already runs."""
     if running(args, name):
         print(f"  {name}: already running (pid {running(args, name)})")
-        return
+        return False
     (args.dir / "logs").mkdir(parents=True, exist_ok=True)
     pid_file(args, name).parent.mkdir(parents=True, exist_ok=True)
     log = open(args.dir / "logs" / f"{name}.log", "ab")  # noqa: SIM115 (the child keeps it)
@@ -93,6 +128,7 @@ def spawn(args: argparse.Namespace, name: str, command: list[str], env: dict[str
     )
     pid_file(args, name).write_text(str(process.pid))
     print(f"  {name}: started (pid {process.pid}): {scrub(' '.join(command))}")
+    return True
 
 
 def stop(args: argparse.Namespace, name: str, grace_s: float = 10) -> None:
@@ -192,7 +228,20 @@ def environment(args: argparse.Namespace) -> dict[str, str]:
         "COSMOS_WARM_WORKERS": "0" if args.cold else "1",
     }
     env.setdefault("COSMOS_PROFILE", "production")  # also what prefect.yaml gives flow runs
+    if args.object_store:
+        env |= result_storage_env()
+        # Where requests read and write, unless the operator's environment says otherwise.
+        env.setdefault("COSMOS_OUTPUT_DIR", str(args.object_store / "outputs"))
+        env.setdefault("COSMOS_POLICY__OUTPUT_ROOT", str(args.object_store / "outputs"))
+        env.setdefault("COSMOS_POLICY__INPUT_ROOTS", json.dumps([args.object_store / "inputs", "assets"]))
     return env
+
+
+def result_storage_env() -> dict[str, str]:
+    """Prefect's results and warm workers' parameters in the store's block, for every process of each host."""
+    block = f"remote-file-system/{RESULTS_BLOCK}"
+    keys = ("PREFECT_DEFAULT_RESULT_STORAGE_BLOCK", "PREFECT_TASKS_SCHEDULING_DEFAULT_STORAGE_BLOCK")
+    return dict.fromkeys(keys, block)
 
 
 def zombie_automation() -> dict:
@@ -233,6 +282,28 @@ def ensure_zombie_automation(prefect_api: str) -> None:
         sys.exit("could not create the zombie-run automation")
 
 
+def check_object_store(store: URI) -> None:
+    """The store's bucket answers with this process's credentials, or stop with what to do."""
+    bucket = URI(f"{store.scheme}://{store.bucket}/")
+    try:
+        found = exists(bucket)
+    except InputError as error:
+        sys.exit(f"object store {store}: {error}")
+    if not found:
+        sys.exit(f"object store {store}: no bucket {store.bucket}; create it, or check AWS_ENDPOINT_URL")
+
+
+def ensure_result_storage(store: URI, prefect_api: str) -> None:
+    """The remote-file-system block every host's flow runs and warm workers keep results and parameters in:
+    a basepath on the store and no credentials (each process reads its own)."""
+    from prefect.filesystems import RemoteFileSystem
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings(updates={PREFECT_API_URL: prefect_api}):
+        RemoteFileSystem(basepath=str(store / "prefect")).save(RESULTS_BLOCK, overwrite=True)
+    print(f"  result storage: remote-file-system/{RESULTS_BLOCK} on {store / 'prefect'}")
+
+
 def up(args: argparse.Namespace) -> None:
     env = environment(args)
     prefect_api, tracking = urls(args)
@@ -241,7 +312,11 @@ def up(args: argparse.Namespace) -> None:
         or os.environ.get("MLFLOW_BACKEND_STORE_URI")
         or f"sqlite:///{(args.dir / 'mlflow.db').resolve()}"
     )
-    artifacts = args.artifacts_destination or str((args.dir / "mlartifacts").resolve())
+    artifacts = args.artifacts_destination or str(
+        args.object_store / "mlartifacts" if args.object_store else (args.dir / "mlartifacts").resolve()
+    )
+    if args.object_store:
+        check_object_store(args.object_store)
     args.dir.mkdir(parents=True, exist_ok=True)
     print(f"stack in {args.dir}:")
     spawn(args, "prefect-server", [str(BIN / "prefect"), "server", "start", "--host", args.host,
@@ -256,30 +331,64 @@ def up(args: argparse.Namespace) -> None:
     run([str(BIN / "prefect"), "work-pool", "create", POOL, "--type", "process", "--overwrite"], env)
     run([str(BIN / "prefect"), "--no-prompt", "deploy", "--all"], env)
     ensure_zombie_automation(prefect_api)
-
-    gpus = gpu_count(args)
-    for index in range(max(gpus, 1)):
-        pinned = {**env, "CUDA_VISIBLE_DEVICES": str(index)} if gpus else env
-        name = f"{socket.gethostname()}-gpu{index}" if gpus else f"{socket.gethostname()}-cpu"
-        spawn(args, f"worker-{index}", [str(BIN / "prefect"), "worker", "start", "--pool", POOL,
-                                        "--limit", "1", "--name", name], pinned)  # fmt: skip
-        if not args.cold:
-            spawn(args, f"warm-{index}", [str(BIN / "cosmos-worker")], pinned)
-    count = max(gpus, 1)
-    workers = [f"worker-{index}" for index in range(count)]
-    wait_for(args, "process workers", lambda: online_workers(prefect_api) >= count, workers)
-    if not args.cold:
-        listening = lambda: len(http_ok(f"{prefect_api}/task_workers/filter", {}) or [])  # noqa: E731
-        wait_for(
-            args, "warm workers", lambda: listening() >= count, [f"warm-{index}" for index in range(count)]
-        )
+    if args.object_store:
+        ensure_result_storage(args.object_store, prefect_api)
+    if not args.servers_only:
+        start_workers(args, env)
     print(f"\nPrefect UI: {prefect_api.removesuffix('/api')}   MLflow UI: {tracking}")
     print(f'Use it from this shell: eval "$({sys.executable} {Path(__file__).relative_to(REPO)} env)"')
 
 
-def online_workers(prefect_api: str) -> int:
+def worker(args: argparse.Namespace) -> None:
+    """This host's workers against servers that run elsewhere (`up --servers-only` there)."""
+    prefect_api, tracking = urls(args)
+    for what, url in (("Prefect", f"{prefect_api}/health"), ("MLflow", f"{tracking}/health")):
+        if http_ok(url) is None:
+            sys.exit(f"the {what} server does not answer at {url}; start it (`up`) or check --host and ports")
+    if args.object_store:
+        check_object_store(args.object_store)
+        from prefect.filesystems import RemoteFileSystem
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        with temporary_settings(updates={PREFECT_API_URL: prefect_api}):
+            try:
+                RemoteFileSystem.load(RESULTS_BLOCK)
+            except ValueError:
+                sys.exit(f"no result storage block {RESULTS_BLOCK}: run `up --object-store ...` first")
+    print(f"workers of {args.name} in {args.dir}:")
+    start_workers(args, environment(args))
+
+
+def start_workers(args: argparse.Namespace, env: dict[str, str]) -> None:
+    """Per GPU a process worker (`--limit 1`) and, unless --cold, a warm worker, pinned to it."""
+    prefect_api, _ = urls(args)
+    listening = lambda: len(http_ok(f"{prefect_api}/task_workers/filter", {}) or [])  # noqa: E731
+    before, started = listening(), 0
+    gpus = gpu_count(args)
+    count = max(gpus, 1)
+    names = [f"{args.name}-gpu{index}" if gpus else f"{args.name}-cpu" for index in range(count)]
+    for index, name in enumerate(names):
+        pinned = {**env, "CUDA_VISIBLE_DEVICES": str(index)} if gpus else env
+        spawn(args, f"worker-{index}", [str(BIN / "prefect"), "worker", "start", "--pool", POOL,
+                                        "--limit", "1", "--name", name], pinned)  # fmt: skip
+        if not args.cold:
+            # `cosmos-worker` as a module of this checkout: the same code as the flow runs it serves (a
+            # task's key hashes its source, so a worker from another checkout would never be handed work).
+            started += spawn(args, f"warm-{index}", [sys.executable, "-m", "tasks.warm"], pinned)
+    workers = [f"worker-{index}" for index in range(count)]
+    wait_for(args, "process workers", lambda: online_workers(prefect_api, names) == count, workers)
+    if not args.cold:
+        warm = [f"warm-{index}" for index in range(count)]
+        wait_for(args, "warm workers", lambda: listening() >= before + started, warm)
+
+
+def online_workers(prefect_api: str, names: list[str]) -> int:
     workers = http_ok(f"{prefect_api}/work_pools/{POOL}/workers/filter", {}) or []
-    return sum(worker.get("status") == "ONLINE" for worker in workers if isinstance(worker, dict))
+    return sum(
+        worker.get("status") == "ONLINE" and worker.get("name") in names
+        for worker in workers
+        if isinstance(worker, dict)
+    )
 
 
 def down(args: argparse.Namespace) -> None:
@@ -308,6 +417,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.command == "up":
         up(args)
+    elif args.command == "worker":
+        worker(args)
     elif args.command == "down":
         down(args)
     elif args.command == "status":
@@ -315,7 +426,10 @@ def main(argv: list[str] | None = None) -> None:
     else:
         prefect_api, tracking = urls(args)
         print(f"export PREFECT_API_URL={prefect_api} COSMOS_TRACKING_URI={tracking}")
-        print(f"export PREFECT_RESULTS_LOCAL_STORAGE_PATH={(args.dir / 'prefect' / 'storage').resolve()}")
+        if args.object_store:
+            print("export " + " ".join(f"{key}={value}" for key, value in result_storage_env().items()))
+        else:
+            print(f"export PREFECT_RESULTS_LOCAL_STORAGE_PATH={(args.dir / 'prefect' / 'storage').resolve()}")
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from prefect.client.schemas.objects import State, TaskRun
 from cosmos_pipeline.errors import GuardrailUnavailableError, InputError
 from cosmos_pipeline.request import GenerationRequest
 from cosmos_pipeline.settings import Settings
+from cosmos_pipeline.storage import URI, local
 
 if TYPE_CHECKING:  # torch and diffusers load inside the task, where the model runs
     from cosmos_pipeline.generate import GenerationResult
@@ -147,7 +148,11 @@ def generate_video(request: GenerationRequest, settings: Settings) -> Generation
     )
     wait = settings.gpu_wait_timeout_s
     with device_slot(gpus, settings.slot_dir, settings.gpu_slots, wait, request.label) as slots:
-        key = PipelineKey.for_request(request)
+        adapter = request.lora_path  # a URI's adapter loads from this host's cache; the record keeps the URI
+        if isinstance(adapter, URI):
+            key = PipelineKey.for_request(request.model_copy(update={"lora_path": local(adapter)}))
+        else:
+            key = PipelineKey.for_request(request)
         loads = PIPELINES.loads[key]
         pipe = PIPELINES.get(key)
         load_s = PIPELINES.load_seconds[key] if PIPELINES.loads[key] > loads else None

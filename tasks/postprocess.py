@@ -1,11 +1,15 @@
 """After the GPU: write the output (atomically, with its sidecar), measure it, gate it, pick key frames.
 
+An output bound for an object store is written in a temporary folder and uploaded with its sidecar; the
+local copies stay there for tracking until the `Postprocessed` is closed.
+
 The frame gate (`configs/expectations/frames.json`, in GX's helper process) flags black, white, flat,
 clipped or flashing frames and a wrong frame count. A flagged output is kept and recorded as `flagged`
 with the reasons (a warning, not a failure: a person decides whether a strange video is wrong).
 """
 
 import errno
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +21,8 @@ from prefect.cache_policies import NONE
 
 from cosmos_pipeline.metrics import conditioning_fidelity, frame_statistics, output_metrics
 from cosmos_pipeline.runner import write_outputs
+from cosmos_pipeline.sidecar import sidecar_path
+from cosmos_pipeline.storage import URI
 from tasks.expectations import INDEX_COLUMN, failures, run_suite
 from tasks.generate import Generation
 
@@ -25,13 +31,20 @@ FRAMES_SUITE = "frames"
 
 @dataclass
 class Postprocessed:
-    output_path: Path
-    sidecar_path: Path
+    output_path: Path | URI
+    sidecar_path: Path | URI
+    files: tuple[Path, Path]  # the output and sidecar on this host, for tracking (staged copies of URIs)
     metrics: dict[str, float]
     frame_stats: pd.DataFrame  # one line per frame, `row` = frame index
     gate: dict[str, Any]  # the GX result of the frame suite
     gate_problems: list[str]
     keyframes: list[tuple[int, np.ndarray]]  # (frame index, frame)
+    staging: tempfile.TemporaryDirectory | None = None  # holds `files` of an uploaded output
+
+    def close(self) -> None:
+        """Remove the staged copies of an uploaded output (nothing for a local one)."""
+        if self.staging is not None:
+            self.staging.cleanup()
 
     @property
     def gate_passed(self) -> bool:
@@ -97,14 +110,16 @@ WRITE_FIXES = {
 }
 
 
-def write_or_explain(generation: Generation, record: dict[str, Any] | None) -> tuple[Path, Path]:
+def write_or_explain(
+    generation: Generation, record: dict[str, Any] | None, staging: Path | None = None
+) -> tuple[Path | URI, Path | URI]:
     """The output and its sidecar (atomic; no output is left without its sidecar), or a clear error.
 
     A disk that fills up between the pre-flight check and the write is reported with what to do;
     it is not retried (the frames are gone with this process, and the disk is still full).
     """
     try:
-        return write_outputs(generation.result, record)
+        return write_outputs(generation.result, record, staging)
     except OSError as error:
         if error.errno not in WRITE_FIXES:
             raise
@@ -115,11 +130,23 @@ def write_or_explain(generation: Generation, record: dict[str, Any] | None) -> t
 
 def postprocess(generation: Generation, record: dict[str, Any] | None = None) -> Postprocessed:
     result = generation.result
-    path, sidecar = write_or_explain(generation, record)
+    uploaded = isinstance(result.request.output_path, URI)
+    staging = tempfile.TemporaryDirectory(prefix="cosmos-output-") if uploaded else None
+    folder = None if staging is None else Path(staging.name)
+    try:
+        path, sidecar = write_or_explain(generation, record, folder)
+    except BaseException:
+        if staging is not None:
+            staging.cleanup()
+        raise
+    copy = path if folder is None else folder / path.name
+    files = (Path(copy), Path(sidecar_path(copy)))
     table = frame_table(result.frames)
     gate_result, problems = gate(table, result.request.num_frames)
     keyframes = [(index, result.frames[index]) for index in keyframe_indices(result.frames.shape[0])]
-    return Postprocessed(path, sidecar, measure(generation), table, gate_result, problems, keyframes)
+    return Postprocessed(
+        path, sidecar, files, measure(generation), table, gate_result, problems, keyframes, staging
+    )
 
 
 @task(

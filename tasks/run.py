@@ -15,7 +15,10 @@ def run_generation(job: Job) -> GenerationRecord:
     """The three steps in this process: the flow's, or a warm worker's on behalf of a flow."""
     generation = generate_video(job.request, job.settings)
     post = postprocess_output(generation, job.sidecar)
-    return log_generation(job, generation, post)
+    try:
+        return log_generation(job, generation, post)
+    finally:
+        post.close()  # the staged copies of an uploaded output, once tracked
 
 
 def generate_tracked(job: Job) -> GenerationRecord:

@@ -39,6 +39,7 @@ from prefect.cache_policies import NONE
 
 from cosmos_pipeline.settings import Settings
 from cosmos_pipeline.sidecar import sidecar_path
+from cosmos_pipeline.storage import URI, cache_root
 from tasks.scrub import scrub, scrub_mapping, scrub_value
 
 logger = logging.getLogger(__name__)
@@ -78,7 +79,12 @@ def experiment_id(client: MlflowClient, name: str, settings: Settings) -> str:
 
 
 def spool_root(settings: Settings) -> Path:
-    return settings.spool_dir or settings.output_dir / ".mlflow-spool"
+    """Beside the outputs, or in this host's cache when they go to an object store (journals stay local)."""
+    if settings.spool_dir is not None:
+        return settings.spool_dir
+    if isinstance(settings.output_dir, URI):
+        return cache_root() / "mlflow-spool"
+    return settings.output_dir / ".mlflow-spool"
 
 
 def unreachable(error: BaseException) -> bool:

@@ -39,6 +39,7 @@ from cosmos_pipeline.media import content_hash
 from cosmos_pipeline.request import GenerationRequest
 from cosmos_pipeline.settings import Settings
 from cosmos_pipeline.sidecar import read_sidecar
+from cosmos_pipeline.storage import local
 from tasks.generate import Generation
 from tasks.postprocess import Postprocessed
 from tasks.scrub import scrub, scrub_value
@@ -406,18 +407,16 @@ def log_generation(job: Job, generation: Generation, post: Postprocessed) -> Gen
             **({"input_sha256": content_hash(request.input_path)} if request.input_path is not None else {}),
         },
     )
-    writer.log_artifact(post.output_path, "output")
-    writer.log_artifact(post.sidecar_path, "output")
+    for file in post.files:  # this host's copies: an uploaded output's staged files
+        writer.log_artifact(file, "output")
     prompt = f"{request.prompt}\n\nnegative prompt:\n{request.negative_prompt or '(the pipeline default)'}\n"
     writer.log_text(prompt, "prompt.txt")
     writer.log_text(job.validation.dumps(), "validation/requests.json")
     writer.log_dict(post.gate, "validation/frames.json")
     writer.log_table(post.frame_stats, "frame_statistics.json")
-    if (
-        request.input_path is not None
-        and request.input_path.stat().st_size <= job.settings.max_input_artifact_mb * 2**20
-    ):
-        writer.log_artifact(request.input_path, "input")
+    source = None if request.input_path is None else local(request.input_path)  # a URI's cached copy
+    if source is not None and source.stat().st_size <= job.settings.max_input_artifact_mb * 2**20:
+        writer.log_artifact(source, "input")
     for index, frame in post.keyframes:
         writer.log_image(frame, key="keyframes", step=index)
     writer.set_terminated("FINISHED")

@@ -6,9 +6,10 @@ Prefect task worker (`cosmos-worker`, one per GPU, pinned with CUDA_VISIBLE_DEVI
 `generate_on_worker.delay(job)`. The worker's process keeps `PIPELINES` loaded, writes the output
 and its sidecar, tracks the run, and returns the small record (frames never leave it). Parameters
 and results travel through Prefect's result storage: a local folder on one host
-(PREFECT_RESULTS_LOCAL_STORAGE_PATH, shared by the flow runs and the workers); several hosts need a
-shared storage block (PREFECT_DEFAULT_RESULT_STORAGE_BLOCK and
-PREFECT_TASKS_SCHEDULING_DEFAULT_STORAGE_BLOCK) and the same paths for inputs and outputs.
+(PREFECT_RESULTS_LOCAL_STORAGE_PATH, shared by the flow runs and the workers); across hosts a storage
+block on the object store (PREFECT_DEFAULT_RESULT_STORAGE_BLOCK and
+PREFECT_TASKS_SCHEDULING_DEFAULT_STORAGE_BLOCK, which `scripts/stack.py --object-store` creates and
+sets), with media and outputs named by URI.
 
 A worker takes a generation only when it is idle: Prefect's stock task worker accepts the next run
 while busy and holds it, so an idle GPU would wait, and the held run would die with its worker.
@@ -41,6 +42,7 @@ from prefect.variables import Variable
 
 from cosmos_pipeline.settings import Settings
 from cosmos_pipeline.sidecar import read_sidecar
+from cosmos_pipeline.storage import exists
 from tasks.run import run_generation
 from tasks.scrub import install_log_scrubber
 from tasks.track import GenerationRecord, Job, worker_name
@@ -179,7 +181,7 @@ def generate_on_warm_worker(job: Job) -> GenerationRecord:
             logger.warning("%s: %s; submitting it again (%d of %d)", name, error, attempt + 1, retries)
             output = job.request.output_path
             assert output is not None
-            written = read_sidecar(output) if output.exists() else None
+            written = read_sidecar(output) if exists(output) else None
             if written is not None and written.get("mlflow_run_id") == job.run_id:  # the lost attempt's own
                 job = replace(job, request=job.request.model_copy(update={"overwrite": True}))
     raise AssertionError("unreachable")

@@ -205,3 +205,47 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowSe
         yield server
     finally:
         server.stop()
+
+
+# Credentials the S3 server accepts (moto takes any), shaped like real ones so that a leak would show.
+AWS_KEY_ID, AWS_SECRET = "AKIAHOSTSTEST0000001", "hosts-test-secret-never-recorded-0000001"
+
+
+@dataclass
+class ObjectStore:
+    """An S3 server (moto in server mode) on loopback, and the AWS environment that reaches it."""
+
+    endpoint: str
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {
+            "AWS_ACCESS_KEY_ID": AWS_KEY_ID,
+            "AWS_SECRET_ACCESS_KEY": AWS_SECRET,
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_ENDPOINT_URL": self.endpoint,
+        }
+
+    def filesystem(self):
+        import s3fs
+
+        return s3fs.S3FileSystem(key=AWS_KEY_ID, secret=AWS_SECRET, endpoint_url=self.endpoint,
+                                 use_listings_cache=False)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def object_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ObjectStore]:
+    """`moto.server` in its own process group, stopped with the module."""
+    port = free_port()
+    log = open(tmp_path_factory.mktemp("s3") / "moto.log", "ab")  # noqa: SIM115 (the server keeps it)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    store = ObjectStore(f"http://127.0.0.1:{port}")
+    try:
+        wait_until(lambda: http_ok(f"{store.endpoint}/moto-api/"), "the S3 server start")
+        yield store
+    finally:
+        kill_group(process.pid)
+        process.wait(timeout=30)
