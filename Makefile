@@ -1,6 +1,7 @@
 # The two commands the README documents: `make demo` (the main job, offline, on the embedded
 # model) and `make test` (lint + the test suite). Both create the virtual environment first.
 # `make stack` starts the production stack (README "Production"; STACK_ARGS="--gpus 2 --host 0.0.0.0"...).
+# `make ui-check` looks at an evaluation in MLflow's UI in headless Chromium (README "Evaluation and comparison").
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -11,7 +12,7 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[test]"
 	touch $@
 
-.PHONY: install demo test stack stack-status stack-down
+.PHONY: install demo test ui-check stack stack-status stack-down
 install: $(BIN)/.installed
 
 demo: $(BIN)/.installed
@@ -21,6 +22,10 @@ demo: $(BIN)/.installed
 test: $(BIN)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
+
+ui-check: $(BIN)/.installed
+	$(BIN)/python -m pip install --quiet -e ".[ui]"
+	$(BIN)/python scripts/ui_check.py $(UI_CHECK_ARGS)
 
 stack: $(BIN)/.installed
 	$(BIN)/python scripts/stack.py up $(STACK_ARGS)

@@ -193,7 +193,7 @@ def evaluate_command(argv: Sequence[str] | None = None) -> int:
             return EXIT_INPUT
         use_server(server)
         from flows.evaluate import evaluate
-        from tasks.report import ui_hint
+        from tasks.report import ui_address, ui_hint
 
         state = evaluate(suite=args.suite, profile=args.profile, return_state=True)
         if not state.is_completed():
@@ -207,6 +207,7 @@ def evaluate_command(argv: Sequence[str] | None = None) -> int:
             f"  table: cosmos-compare --experiment {result.experiment} --parent_run_id {result.parent_run_id}"
         )
         print(f"Open the UI: {ui_hint(settings)}")
+        print(f"  then {ui_address(settings, f'#/runs/{result.parent_run_id}')} (which variant wins on what)")
         return EXIT_OK
     finally:
         if server is not None:

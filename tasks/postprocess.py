@@ -20,6 +20,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NONE
 
 from cosmos_pipeline.metrics import conditioning_fidelity, frame_statistics, output_metrics
+from cosmos_pipeline.request import GenerationRequest
 from cosmos_pipeline.runner import write_outputs
 from cosmos_pipeline.sidecar import sidecar_path
 from cosmos_pipeline.storage import URI
@@ -51,6 +52,11 @@ class Postprocessed:
         return not self.gate_problems
 
     @property
+    def flagged_frames(self) -> int:
+        """How many frames an expectation of the gate flagged (a wrong frame count flags none)."""
+        return len({row for failure in failures(self.gate) for row in failure.rows})
+
+    @property
     def gate_label(self) -> str:
         """`passed`, or `flagged: <reasons>`: what the gate found, in the words of its expectations."""
         return "passed" if self.gate_passed else "flagged: " + "; ".join(self.gate_problems)[:480]
@@ -66,8 +72,34 @@ def frame_table(frames: np.ndarray) -> pd.DataFrame:
     return pd.DataFrame({INDEX_COLUMN: np.arange(frames.shape[0]), **stats})
 
 
+# The toy-world scorer's figures under the names runs and reports give them (`tasks.report.FIGURES`).
+QUALITY_KEYS = {
+    "toy_adherence": "quality/adherence",
+    "toy_colour": "quality/colour_right",
+    "toy_direction": "quality/direction_right",
+}
+
+
+def quality(request: GenerationRequest, frames: np.ndarray) -> dict[str, float]:
+    """How well an embedded-model output shows what its toy-world prompt says (colour and motion of every
+    object, `cosmos_pipeline.toyscore`); nothing for other models or prompts outside the toy grammar."""
+    from cosmos_pipeline.tiny import is_embedded
+
+    if not is_embedded(request.model_id):
+        return {}
+    try:
+        from cosmos_pipeline.toyscore import score_prompt
+    except ModuleNotFoundError as error:  # the toy world lands on its own; until then nothing is scored
+        if error.name not in ("cosmos_pipeline.toyscore", "cosmos_pipeline.toyworld"):
+            raise
+        return {}
+    scores = score_prompt(request.prompt, frames) or {}
+    return {QUALITY_KEYS[key]: value for key, value in scores.items() if key in QUALITY_KEYS}
+
+
 def measure(generation: Generation) -> dict[str, float]:
-    """Output metrics; with the input's fidelity for Image2World/Video2World and seams for long videos."""
+    """Output metrics; with the input's fidelity for Image2World/Video2World, seams for long videos and the
+    toy-world figures (keys `quality/...`) for the embedded model."""
     from cosmos_pipeline.generate import load_conditioning  # torch: only where a generation ran
     from cosmos_pipeline.long_video import seam_consistency
 
@@ -78,7 +110,7 @@ def measure(generation: Generation) -> dict[str, float]:
         metrics |= conditioning_fidelity(conditioning, result.frames)
     if result.seams:
         metrics |= seam_consistency(result.frames, result.seams)
-    return metrics
+    return metrics | quality(result.request, result.frames)
 
 
 def gate(table: pd.DataFrame, num_frames: int) -> tuple[dict[str, Any], list[str]]:

@@ -47,8 +47,12 @@ def run_settings(profile: str | None, overrides: dict[str, Any] | None, untruste
 
 
 @task(name="resolve-settings", cache_policy=NONE)
-def resolve_settings(profile: str | None = None, overrides: dict[str, Any] | None = None) -> Settings:
+def resolve_settings(
+    profile: str | None = None, overrides: dict[str, Any] | None = None, evaluation: bool = False
+) -> Settings:
     """The run's settings (untrusted when a deployment runs it); every run records them (`config.json`).
+    `evaluation`: the log names the evaluation experiment, where an evaluation writes unless its suite
+    names another.
 
     Also the flow run's start: secrets are kept out of its logs from here on, and GX's helper process
     starts importing (it is needed at validation's end and after the first generation)."""
@@ -62,7 +66,7 @@ def resolve_settings(profile: str | None = None, overrides: dict[str, Any] | Non
         "settings: profile %s, tracking %s, experiment %s%s",
         settings.profile,
         scrub(settings.tracking_uri),
-        settings.experiment,
+        settings.eval_experiment if evaluation else settings.experiment,
         ", parameters untrusted (deployment run)" if untrusted else "",
     )
     return settings

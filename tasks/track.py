@@ -369,9 +369,9 @@ def generation_metrics(generation: Generation, post: Postprocessed) -> list[Metr
         "time/decode_s": timings.decode_s,
         "time/total_s": timings.total_s,
         "transformer_forwards": timings.forwards,
-        "gate/frames_passed": float(post.gate_passed),
+        "gate/flagged_frames": float(post.flagged_frames),
         "pipeline_loaded": float(generation.load_s is not None),  # 0: a warm pipeline served it
-        **{f"output/{key}": value for key, value in post.metrics.items()},
+        **{key if "/" in key else f"output/{key}": value for key, value in post.metrics.items()},
     }
     if generation.load_s is not None:
         values["time/pipeline_load_s"] = generation.load_s

@@ -1,5 +1,7 @@
-"""The evaluation flow: 2 assets x the 2 embedded variants, one parent run with 4 children,
-side-by-side MP4s, a summary table, each variant loaded once; `cosmos-compare` prints the same table."""
+"""The evaluation flow: 2 assets x the 2 embedded variants, one parent run with 4 children, each variant
+loaded once; `cosmos-compare` prints the same table. What a person sees in MLflow's UI, read back through
+the MLflow API (`make ui-check` looks at it in a browser): child runs named and with few params, gates that
+say what they found, the parent's per-variant figures, key-frame grids and report, watchable videos."""
 
 import json
 import os
@@ -9,10 +11,11 @@ import numpy as np
 import pytest
 
 from cosmos_pipeline.loading import PIPELINES
-from cosmos_pipeline.media import read_video
+from cosmos_pipeline.media import read_image, read_video
+from cosmos_pipeline.runner import OUTPUT_FPS
 from flows import compare
 from flows.evaluate import evaluate
-from tasks.track import PARENT_TAG
+from tasks.track import PARENT_TAG, RUN_PARAMS
 from tests.conftest import ASSETS, TINY_FLAGS
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
@@ -77,20 +80,94 @@ def test_each_variant_was_loaded_exactly_once(evaluation, mlflow_client) -> None
     assert metrics["pipeline_loads/pre-trained"] == metrics["pipeline_loads/post-trained"] == 1
 
 
-def test_side_by_side_videos_summary_and_report(evaluation, mlflow_client) -> None:
+def children(client, evaluation: dict) -> list:
+    experiment = client.get_experiment_by_name("test-evaluation").experiment_id
+    return client.search_runs([experiment], f"tags.`{PARENT_TAG}` = '{evaluation['parent_run_id']}'")
+
+
+def test_child_runs_are_named_for_their_variant_with_a_dozen_params(evaluation, mlflow_client) -> None:
+    for run in children(mlflow_client, evaluation):
+        tags, params = run.data.tags, run.data.params
+        assert run.info.run_name == f"{tags['variant']} · {tags['asset']} · seed 3"
+        assert list(params)[:4] == ["variant", "model_id", "revision", "lora"] and len(params) <= 15
+        assert set(params) == {*RUN_PARAMS, "dtype", "device"} and params["device"] == "cpu"  # as it ran
+
+
+def test_gates_say_what_they_found(evaluation, mlflow_client) -> None:
+    for run in children(mlflow_client, evaluation):
+        gate, flagged = run.data.tags["output_gate"], run.data.metrics["gate/flagged_frames"]
+        assert gate == "passed" if flagged == 0 else gate.startswith("flagged: ")
+        assert run.info.status == "FINISHED" and "gate/frames_passed" not in run.data.metrics
+
+
+def test_parent_holds_each_variants_figures_per_mode_and_the_difference(evaluation, mlflow_client) -> None:
+    parent = mlflow_client.get_run(evaluation["parent_run_id"])
+    assert parent.data.params == {}  # MLflow's image grid would print them over every image
+    assert parent.data.tags["baseline"] == "pre-trained"
+    metrics = parent.data.metrics
+    flicker = {
+        (run.data.tags["mode"], run.data.tags["variant"]): run.data.metrics["output/flicker"]
+        for run in children(mlflow_client, evaluation)
+    }
+    for mode in ("text2world", "image2world"):  # one case per (mode, variant): its mean is its value
+        for variant in ("pre-trained", "post-trained"):
+            assert metrics[f"{mode}/flicker/{variant}"] == pytest.approx(flicker[mode, variant])
+        difference = flicker[mode, "post-trained"] - flicker[mode, "pre-trained"]
+        assert metrics[f"{mode}/flicker/post-trained - pre-trained"] == pytest.approx(difference)
+    assert "image2world/conditioning_psnr/pre-trained" in metrics
+    assert "text2world/conditioning_psnr/pre-trained" not in metrics  # nothing to reproduce in Text2World
+
+
+def test_key_frame_grids_are_images_of_the_parent(evaluation, mlflow_client) -> None:
+    parent = evaluation["parent_run_id"]
+    images = artifacts(mlflow_client, parent, "images")
+    for asset in ("image2world_robot_arm", "text2world_warehouse"):
+        key = f"comparison~{asset} seed 3+step+3+"  # log_image(key="comparison/<asset> seed 3", step=3)
+        assert [path for path in images if path.startswith(f"images/{key}") and path.endswith(".png")]
+    grid = read_image(
+        Path(mlflow_client.download_artifacts(parent, "comparison/text2world_warehouse-seed3-keyframes.png"))
+    )
+    assert grid.shape[0] > 3 * TINY_FLAGS["height"]  # first, middle, last frame
+
+
+def test_comparison_videos_can_be_watched(evaluation, mlflow_client) -> None:
     parent = evaluation["parent_run_id"]
     assert artifacts(mlflow_client, parent, "comparison") == [
+        "comparison/image2world_robot_arm-seed3-keyframes.png",
         "comparison/image2world_robot_arm-seed3.mp4",
+        "comparison/text2world_warehouse-seed3-keyframes.png",
         "comparison/text2world_warehouse-seed3.mp4",
     ]
-    from cosmos_pipeline.media import read_video
+    video = read_video(
+        Path(mlflow_client.download_artifacts(parent, "comparison/text2world_warehouse-seed3.mp4"))
+    )
+    assert video.shape[2] >= 720 and video.shape[0] / OUTPUT_FPS >= 3.0
 
-    side_by_side = read_video(Path(evaluation["comparisons"][0]))
-    assert side_by_side.shape[2] == 2 * TINY_FLAGS["width"]  # both variants, side by side
-    summary = json.loads(Path(mlflow_client.download_artifacts(parent, "summary.json")).read_text())
+
+def test_report_opens_with_the_winner_per_figure_and_links(evaluation, mlflow_client) -> None:
+    parent = mlflow_client.get_run(evaluation["parent_run_id"])
+    report = Path(mlflow_client.download_artifacts(parent.info.run_id, "report.md")).read_text()
+    tables = [line for line in report.splitlines() if line.startswith("| ")]
+    assert (
+        tables[0]
+        == "| mode | figure | better | pre-trained | post-trained | post-trained - pre-trained | winner |"
+    )
+    assert report.index("Winner per figure") < report.index("## Every figure of every case")
+    assert "| image2world | conditioning_psnr | higher |" in report
+    runs = f"](#/experiments/{parent.info.experiment_id}/runs/"
+    child = children(mlflow_client, evaluation)[0].info.run_id
+    assert f"{runs}{child})" in report
+    assert f"{runs}{parent.info.run_id}/artifacts/comparison/text2world_warehouse-seed3.mp4)" in report
+    description = parent.data.tags["mlflow.note.content"]
+    assert (
+        description.startswith("**post-trained** vs **pre-trained** (baseline): ")
+        and tables[0] in description
+    )
+    summary = json.loads(
+        Path(mlflow_client.download_artifacts(parent.info.run_id, "summary.json")).read_text()
+    )
     assert len(summary["data"]) == 4 and {"asset", "variant", "seed", "total_s"} <= set(summary["columns"])
-    report = Path(mlflow_client.download_artifacts(parent, "report.md")).read_text()
-    assert "## Mean per variant" in report and "pre-trained: 1" in report
+    assert "- pre-trained: 1" in report
 
 
 def test_compare_prints_the_same_table(evaluation, capsys) -> None:
@@ -98,7 +175,7 @@ def test_compare_prints_the_same_table(evaluation, capsys) -> None:
     argv = ["--experiment", "test-evaluation", "--tracking_uri", settings["tracking_uri"], "--format", "csv"]
     assert compare.run([*argv, "--parent_run_id", evaluation["parent_run_id"]]) == 0
     printed = capsys.readouterr().out.splitlines()
-    assert printed[0].startswith("asset,variant,seed,mode,status,total_s")
+    assert printed[0].startswith("asset,variant,seed,mode,status,")
     assert len(printed) == 1 + 4
     assert compare.run(argv) == 0  # the whole experiment: the same four generations
     assert len(capsys.readouterr().out.splitlines()) == 1 + 4
