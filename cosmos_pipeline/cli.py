@@ -10,10 +10,21 @@ from collections.abc import Sequence
 from typing import Any, get_args
 
 from cosmos_pipeline.acceleration.options import Acceleration, AttentionKernel, Offload
+from cosmos_pipeline.bundle import DEFAULT_OUTPUT_DIR
 from cosmos_pipeline.errors import GuardrailUnavailableError, InputError
-from cosmos_pipeline.request import DEFAULT_MODEL_ID, DEFAULT_REVISION, RESOLUTIONS
+from cosmos_pipeline.request import MAX_WINDOW_FRAMES, RESOLUTIONS, Dtype, GenerationRequest
 
 EXIT_OK, EXIT_FAILURE, EXIT_INPUT, EXIT_GUARDRAIL = 0, 1, 2, 3
+
+
+def default(field: str) -> str:
+    """A request field's default, as help text shows it: stated once, in `GenerationRequest`."""
+    return str(GenerationRequest.model_fields[field].default)
+
+
+def option(name: str) -> str:
+    """An acceleration option's default (`Acceleration`)."""
+    return str(Acceleration.model_fields[name].default)
 
 
 def _flag(parser: argparse.ArgumentParser, name: str, **kwargs: Any) -> None:
@@ -27,7 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="cosmos-generate",
         description=(
             "Generate worlds (videos) or images with NVIDIA Cosmos-Predict2.5 through diffusers. "
-            "Flags override values from a bundle, which override the defaults. "
+            "Flags override values from a bundle, which override the settings profile's [request] "
+            "defaults (e.g. --profile tiny), which override the defaults shown here. "
             "Use --model_id embedded:tiny to run the offline embedded model."
         ),
     )
@@ -53,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
         "output_path",
         metavar="PATH",
         help="output file (.mp4 for video, .png for one frame), or a folder for many requests "
-        "(default: outputs/<name>.<mp4|png>)",
+        f"(default: {DEFAULT_OUTPUT_DIR}/<name>.<mp4|png>)",
     )
     _flag(output, "overwrite", action="store_true", help="replace an existing output file")
     _flag(
@@ -61,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
         "num_output_frames",
         type=int,
         metavar="N",
-        help="frames to generate, 4k+1 (default 93); 1 = image",
+        help=f"frames to generate, 4k+1 (default {default('num_frames')}); 1 = image",
     )
     _flag(
         output,
@@ -69,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=list(RESOLUTIONS),
         help="named size: "
         + ", ".join(f"{name} = {h}x{w}" for name, (h, w) in RESOLUTIONS.items())
-        + " (default 720p)",
+        + f" (default {default('height')}x{default('width')})",
     )
     _flag(output, "height", type=int, help="output height, a multiple of 16 (overrides --resolution)")
     _flag(output, "width", type=int, help="output width, a multiple of 16 (overrides --resolution)")
@@ -77,8 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
         output,
         "fit",
         choices=["crop", "stretch"],
-        help="fit input media to the output size: crop keeps the aspect ratio (default), "
-        "stretch is upstream's",
+        help="fit input media to the output size: crop keeps the aspect ratio, stretch is upstream's "
+        f"(default {default('fit')})",
     )
 
     _flag(
@@ -86,14 +98,16 @@ def build_parser() -> argparse.ArgumentParser:
         "chunk_size",
         type=int,
         metavar="N",
-        help="long videos (more than 93 frames): frames per chained window, 4k+1 (default 77)",
+        help=f"long videos (more than {MAX_WINDOW_FRAMES} frames): frames per chained window, 4k+1 "
+        f"(default {default('chunk_size')})",
     )
     _flag(
         output,
         "chunk_overlap",
         type=int,
         choices=[1, 2],
-        help="long videos: latent frames each window takes from the previous one (default 1)",
+        help="long videos: latent frames each window takes from the previous one "
+        f"(default {default('chunk_overlap')})",
     )
 
     batch = parser.add_argument_group("batch")
@@ -112,24 +126,73 @@ def build_parser() -> argparse.ArgumentParser:
 
     sampling = parser.add_argument_group("sampling")
     _flag(sampling, "seed", type=int, help="random seed (default: chosen and reported)")
-    _flag(sampling, "num_steps", type=int, metavar="N", help="denoising steps (default 36)")
     _flag(
-        sampling, "guidance", type=float, metavar="SCALE", help="classifier-free guidance scale (default 7.0)"
+        sampling,
+        "num_steps",
+        type=int,
+        metavar="N",
+        help=f"denoising steps (default {default('num_inference_steps')})",
+    )
+    _flag(
+        sampling,
+        "guidance",
+        type=float,
+        metavar="SCALE",
+        help=f"classifier-free guidance scale; 1 or less turns it off (default {default('guidance_scale')})",
     )
     _flag(
         sampling,
         "num_latent_conditional_frames",
         type=int,
         choices=[1, 2],
-        help="Video2World: latent frames of the input kept as condition (default 2 = last 5 frames)",
+        help="Video2World: latent frames of the input kept as condition, 1 = the last frame, 2 = the last 5 "
+        f"(default {default('num_latent_conditional_frames')})",
     )
 
     model = parser.add_argument_group("model")
-    _flag(model, "lora_path", metavar="PATH", help="a LoRA adapter (diffusers format) for the transformer")
-    _flag(model, "lora_scale", type=float, help="strength of the LoRA adapter (default 1.0)")
-    _flag(model, "model_id", help=f"hub id, local folder, or embedded:tiny (default {DEFAULT_MODEL_ID})")
-    _flag(model, "revision", help=f"hub revision (default {DEFAULT_REVISION}; or diffusers/base/pre-trained)")
-    _flag(model, "device", help="torch device (default cuda, falling back to cpu)")
+    _flag(
+        model,
+        "model_id",
+        help="hub id, local diffusers folder, a native checkpoint (.pt, or a DCP folder) from NVIDIA's "
+        f"post-training, or embedded:tiny (default {default('model_id')})",
+    )
+    _flag(
+        model,
+        "revision",
+        help=f"hub revision (default {default('revision')}; or diffusers/base/pre-trained; or distilled: "
+        "NVIDIA's 4-step distilled 2B, Text2World)",
+    )
+    _flag(
+        model,
+        "base_model_id",
+        help="where a native checkpoint's text encoder, VAE and scheduler come from (default: the hub 2B "
+        "or 14B, by the checkpoint's size)",
+    )
+    _flag(
+        model,
+        "distilled_conditioning",
+        action="store_true",
+        help="allow an image or video input with --revision distilled (NVIDIA documents Text2World only)",
+    )
+    _flag(
+        model,
+        "lora_path",
+        metavar="PATH",
+        help="a LoRA adapter for the transformer: diffusers format, or a native LoRA run's checkpoint",
+    )
+    _flag(
+        model,
+        "lora_scale",
+        type=float,
+        help=f"strength of the LoRA adapter (default {default('lora_scale')})",
+    )
+    _flag(
+        model,
+        "lora_alpha",
+        type=float,
+        help="a native LoRA checkpoint's alpha, when its training set one other than the rank",
+    )
+    _flag(model, "device", help=f"torch device (default {default('device')}, falling back to cpu)")
     _flag(model, "device_map", help="diffusers device map, e.g. balanced to shard over several GPUs")
     _flag(
         model,
@@ -139,14 +202,15 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(
         model,
         "dtype",
-        choices=["bfloat16", "float16", "float32"],
-        help="weights precision (default bfloat16)",
+        choices=list(get_args(Dtype)),
+        help=f"weights precision; auto = float32 on a CPU, bfloat16 on a GPU (default {default('dtype')})",
     )
     _flag(
         model,
         "guardrail",
         choices=["auto", "on", "off"],
-        help="Cosmos guardrail: auto = on for real models, off for the embedded one (default auto)",
+        help="Cosmos guardrail: auto = on for real models, off for the embedded one "
+        f"(default {default('guardrail')})",
     )
     speed = parser.add_argument_group("speed and memory (GPU)")
     _flag(
@@ -157,24 +221,30 @@ def build_parser() -> argparse.ArgumentParser:
         "linears, guidance interval, step reuse (output drifts); plain: the diffusers call as-is; "
         "low-memory: model CPU offload + tiled VAE",
     )
-    _flag(speed, "attention", choices=list(get_args(AttentionKernel)), help="attention kernel (default auto)")
+    _flag(
+        speed,
+        "attention",
+        choices=list(get_args(AttentionKernel)),
+        help=f"attention kernel (default {option('attention')})",
+    )
     _flag(
         speed,
         "compile",
         choices=["auto", "on", "off"],
-        help="torch.compile the transformer blocks (default auto)",
+        help=f"torch.compile the transformer blocks (default {option('compile')})",
     )
     _flag(
         speed,
         "offload",
         choices=list(get_args(Offload)),
-        help="auto: offload the text encoder only when memory demands it; text_encoder; model; none",
+        help="auto: offload the text encoder only when memory demands it; text_encoder; model; none "
+        f"(default {option('offload')})",
     )
     _flag(
         speed,
         "vae_tiling",
         choices=["auto", "on", "off"],
-        help="tiled VAE decode (default auto: when memory is short)",
+        help=f"tiled VAE decode; auto = when memory is short (default {option('vae_tiling')})",
     )
     _flag(
         speed, "memory_budget_gib", type=float, metavar="GIB", help="plan for this much GPU memory (e.g. 20)"

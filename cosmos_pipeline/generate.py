@@ -5,7 +5,8 @@ The math is the pipeline's own, step for step: on the same seed the frames are i
 `pipe(...)` on the CPU (a test holds us to that), and within bf16 noise of it in the GPU's default
 mode (`cosmos_pipeline.acceleration`). Fast-mode options may skip forwards (guidance interval, step
 caching); the plan that ran comes back with the result. Stages: guardrail on the prompt ->
-conditioning input -> prompt encoding -> latents -> denoising loop -> VAE decode -> guardrail on the video.
+conditioning input -> prompt encoding -> latents -> denoising loop (the pipeline's UniPC steps, or the
+distilled model's few steps) -> VAE decode -> guardrail on the video.
 """
 
 import time
@@ -20,6 +21,7 @@ from cosmos_pipeline.acceleration.apply import apply_acceleration, current_plan
 from cosmos_pipeline.acceleration.memory import text_encoder_on_device, use_tiled_decode, vae_tiling
 from cosmos_pipeline.acceleration.options import Acceleration, AccelerationPlan, forward_count, step_kinds
 from cosmos_pipeline.cfg_parallel import CFG_PARALLEL_ATTRIBUTE, CfgParallel
+from cosmos_pipeline.distilled import DISTILLED_SIGMAS, sample_distilled
 from cosmos_pipeline.loading import resolve_execution
 from cosmos_pipeline.media import fit_frames, read_image, read_video
 from cosmos_pipeline.request import GenerationRequest
@@ -104,7 +106,7 @@ def encode_prompts(
     pipe, request: GenerationRequest, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Prompt and negative-prompt embeddings, computed once per (prompt, negative prompt) per pipeline."""
-    do_cfg = request.guidance_scale > 1.0
+    do_cfg = guided(request)
     key = (request.prompt, request.negative_prompt if do_cfg else None, do_cfg)
     cache = pipe.__dict__.setdefault("_cosmos_prompt_cache", {})
     if key not in cache:
@@ -117,6 +119,11 @@ def encode_prompts(
                 device=device,
             )
     return cache[key]
+
+
+def guided(request: GenerationRequest) -> bool:
+    """Classifier-free guidance runs: a scale above 1, and not on the distilled model (it has it built in)."""
+    return request.guidance_scale > 1.0 and not request.is_distilled
 
 
 @torch.no_grad()
@@ -165,7 +172,7 @@ def generate(
     # 4. Latents (the VAE encodes the conditioning frames here)
     stage = time.perf_counter()
     transformer_dtype = pipe.transformer.dtype
-    do_cfg = request.guidance_scale > 1.0
+    do_cfg = guided(request)
     generator = torch.Generator().manual_seed(request.seed)
     latents, cond_latent, cond_mask, cond_indicator = pipe.prepare_latents(
         video=video,
@@ -201,46 +208,63 @@ def generate(
         )[0]
         return gt_velocity + prediction * (1 - cond_mask)  # conditioning frames keep their true velocity
 
-    # Each step runs both CFG forwards ("cfg"), unless fast mode guides on an interval only ("cond")
-    # or reuses the last step's velocity ("reuse").
-    kinds = step_kinds(plan, request.num_inference_steps, do_cfg)
-    timings.forwards = forward_count(kinds)
-    parallel: CfgParallel | None = pipe.__dict__.get(CFG_PARALLEL_ATTRIBUTE)  # a replica on a second GPU
-    noise_pred = None
-    with pipe.progress_bar(total=request.num_inference_steps) as progress_bar:
-        for i, t in enumerate(pipe.scheduler.timesteps):
-            step_start = time.perf_counter()
-            if kinds[i] != "reuse":
-                sigma_t = pipe.scheduler.sigmas[i].expand(1).to(device=device, dtype=torch.float32)
-                in_timestep = cond_indicator * conditional_frame_timestep + (
-                    1 - cond_indicator
-                ) * sigma_t.view(1, 1, 1, 1, 1)
-                in_latents = (cond_mask * cond_latent + (1 - cond_mask) * latents).to(transformer_dtype)
+    def step_done(index: int, total: int, started: float) -> None:
+        _sync(device)
+        timings.steps_s.append(time.perf_counter() - started)
+        if on_step is not None:
+            on_step(index, total, timings.steps_s[-1])
 
-                negative = None
-                if kinds[i] == "cfg" and parallel is not None:  # the unconditional forward, at the same time
-                    negative = parallel.submit(
-                        device,
-                        hidden_states=in_latents,
-                        condition_mask=cond_mask,
-                        timestep=in_timestep,
-                        encoder_hidden_states=negative_prompt_embeds,
-                        padding_mask=padding_mask,
-                    )
-                noise_pred = velocity(in_latents, in_timestep, prompt_embeds)
-                if kinds[i] == "cfg":
-                    if negative is None:
-                        noise_pred_neg = velocity(in_latents, in_timestep, negative_prompt_embeds)
-                    else:
-                        noise_pred_neg = gt_velocity + negative.result() * (1 - cond_mask)
-                    noise_pred = noise_pred + request.guidance_scale * (noise_pred - noise_pred_neg)
-            latents = pipe.scheduler.step(noise_pred, t, latents, return_dict=False)[0]
+    if request.is_distilled:  # NVIDIA's few-step sampler: one forward a step, re-noised with the first noise
 
-            _sync(device)
-            timings.steps_s.append(time.perf_counter() - step_start)
-            progress_bar.update()
-            if on_step is not None:
-                on_step(i, request.num_inference_steps, timings.steps_s[-1])
+        def distilled_velocity(x: torch.Tensor, sigma: float) -> torch.Tensor:
+            started = time.perf_counter()
+            sigma_t = torch.full((1, 1, 1, 1, 1), sigma, device=device, dtype=torch.float32)
+            in_timestep = cond_indicator * conditional_frame_timestep + (1 - cond_indicator) * sigma_t
+            in_latents = (cond_mask * cond_latent + (1 - cond_mask) * x).to(transformer_dtype)
+            prediction = velocity(in_latents, in_timestep, prompt_embeds).float()
+            step_done(len(timings.steps_s), len(DISTILLED_SIGMAS), started)
+            return prediction
+
+        timings.forwards = len(DISTILLED_SIGMAS)
+        latents = sample_distilled(distilled_velocity, latents)
+    else:
+        # Each step runs both CFG forwards ("cfg"), unless fast mode guides on an interval only ("cond")
+        # or reuses the last step's velocity ("reuse").
+        kinds = step_kinds(plan, request.num_inference_steps, do_cfg)
+        timings.forwards = forward_count(kinds)
+        parallel: CfgParallel | None = pipe.__dict__.get(CFG_PARALLEL_ATTRIBUTE)  # a replica on a second GPU
+        noise_pred = None
+        with pipe.progress_bar(total=request.num_inference_steps) as progress_bar:
+            for i, t in enumerate(pipe.scheduler.timesteps):
+                step_start = time.perf_counter()
+                if kinds[i] != "reuse":
+                    sigma_t = pipe.scheduler.sigmas[i].expand(1).to(device=device, dtype=torch.float32)
+                    in_timestep = cond_indicator * conditional_frame_timestep + (
+                        1 - cond_indicator
+                    ) * sigma_t.view(1, 1, 1, 1, 1)
+                    in_latents = (cond_mask * cond_latent + (1 - cond_mask) * latents).to(transformer_dtype)
+
+                    negative = None
+                    if kinds[i] == "cfg" and parallel is not None:  # the unconditional forward, meanwhile
+                        negative = parallel.submit(
+                            device,
+                            hidden_states=in_latents,
+                            condition_mask=cond_mask,
+                            timestep=in_timestep,
+                            encoder_hidden_states=negative_prompt_embeds,
+                            padding_mask=padding_mask,
+                        )
+                    noise_pred = velocity(in_latents, in_timestep, prompt_embeds)
+                    if kinds[i] == "cfg":
+                        if negative is None:
+                            noise_pred_neg = velocity(in_latents, in_timestep, negative_prompt_embeds)
+                        else:
+                            noise_pred_neg = gt_velocity + negative.result() * (1 - cond_mask)
+                        noise_pred = noise_pred + request.guidance_scale * (noise_pred - noise_pred_neg)
+                latents = pipe.scheduler.step(noise_pred, t, latents, return_dict=False)[0]
+
+                progress_bar.update()
+                step_done(i, request.num_inference_steps, step_start)
 
     # 6. VAE decode
     stage = time.perf_counter()

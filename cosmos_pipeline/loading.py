@@ -13,11 +13,12 @@ from pathlib import Path
 
 import torch
 
-from cosmos_pipeline import cfg_parallel, tiny
+from cosmos_pipeline import cfg_parallel, native, tiny
 from cosmos_pipeline.acceleration.apply import apply_acceleration
 from cosmos_pipeline.cfg_parallel import cfg_parallel_device
+from cosmos_pipeline.distilled import DISTILLED_BASE_REVISION, distilled_checkpoint
 from cosmos_pipeline.guardrail import load_safety_checker
-from cosmos_pipeline.request import GenerationRequest
+from cosmos_pipeline.request import DEFAULT_REVISION, DISTILLED_REVISION, GenerationRequest
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +38,8 @@ class PipelineKey:
     lora_path: str | None = None
     lora_scale: float = 1.0
     cfg_parallel: str | None = None  # the replica's device for CFG-parallel steps, if any
+    base_model_id: str | None = None  # a native checkpoint's other components
+    lora_alpha: float | None = None  # a native LoRA's alpha
 
     @classmethod
     def for_request(cls, request: GenerationRequest) -> "PipelineKey":
@@ -51,6 +54,8 @@ class PipelineKey:
             lora_path=None if request.lora_path is None else str(request.lora_path.resolve()),
             lora_scale=request.lora_scale,
             cfg_parallel=cfg_parallel_device(request.cfg_parallel, request.device_map, request.device),
+            base_model_id=request.base_model_id,
+            lora_alpha=request.lora_alpha,
         )
 
 
@@ -88,11 +93,40 @@ def model_location(model_id: str, revision: str) -> tuple[str, str | None]:
     return model_id, revision
 
 
+def native_source(key: "PipelineKey") -> tuple[str, str, str | None] | None:
+    """For a native checkpoint (a `.pt`, a DCP folder, or `--revision distilled` of the hub model): the
+    checkpoint, and the base model and revision its other components come from. None otherwise."""
+    checkpoint = None
+    if native.is_native_checkpoint(key.model_id):
+        checkpoint = key.model_id
+    elif key.revision == DISTILLED_REVISION and not tiny.is_embedded(key.model_id):
+        checkpoint = distilled_checkpoint()  # NVIDIA's .pt in the model's hub repository
+    if checkpoint is None:
+        return None
+    base = key.base_model_id or (
+        key.model_id if checkpoint != key.model_id else native.base_model_for(checkpoint)
+    )
+    # The base's revision: any of its diffusers revisions shares the components; the distilled student
+    # started from the pre-trained one.
+    revision = (
+        DISTILLED_BASE_REVISION if key.revision in (DISTILLED_REVISION, DEFAULT_REVISION) else key.revision
+    )
+    return (checkpoint, *model_location(base, revision))
+
+
 def load_pipeline(key: PipelineKey):
     from diffusers import Cosmos2_5_PredictBasePipeline
     from diffusers.utils import logging as diffusers_logging
 
-    location, revision = model_location(key.model_id, key.revision)
+    components = {}
+    source = native_source(key)
+    if source is None:
+        location, revision = model_location(key.model_id, key.revision)
+    else:
+        checkpoint, location, revision = source
+        components["transformer"] = native.native_transformer(
+            checkpoint, location, revision, DTYPES[key.dtype]
+        )
     safety_checker = load_safety_checker(key.guardrail)
     verbosity = diffusers_logging.get_verbosity()
     if (
@@ -106,12 +140,16 @@ def load_pipeline(key: PipelineKey):
             dtype=DTYPES[key.dtype],
             device_map=key.device_map,
             safety_checker=safety_checker,
+            **components,
         )
     finally:
         diffusers_logging.set_verbosity(verbosity)
     if key.lora_path is not None:
+        adapter = key.lora_path
+        if native.is_native_checkpoint(adapter):  # a native LoRA run's checkpoint: converted once, cached
+            adapter = str(native.converted_lora_dir(adapter, key.lora_alpha))
         # diffusers' Cosmos LoRA loader; kept unfused so the base weights stay intact.
-        pipe.load_lora_weights(key.lora_path, adapter_name="variant")
+        pipe.load_lora_weights(adapter, adapter_name="variant")
         pipe.set_adapters(["variant"], adapter_weights=[key.lora_scale])
     if key.cfg_parallel is not None:
         cfg_parallel.attach(pipe, key.cfg_parallel)

@@ -20,6 +20,8 @@ from cosmos_pipeline.storage import URI, Location, content_digest
 DEFAULT_MODEL_ID = "nvidia/Cosmos-Predict2.5-2B"
 EMBEDDED_MODEL_ID = "embedded:tiny"  # the offline model shipped with the project (cosmos_pipeline.tiny)
 DEFAULT_REVISION = "diffusers/base/post-trained"
+# NVIDIA's distilled 2B (cosmos_pipeline/distilled.py): 4 steps, one forward each, guidance distilled in.
+DISTILLED_REVISION = "distilled"
 # Named sizes (height, width). 720p is what the model was trained for; 480p is the native
 # scripts' smaller preset; 256p is a preview size that keeps the embedded model fast on a CPU.
 RESOLUTIONS: dict[str, tuple[int, int]] = {"720p": (704, 1280), "480p": (480, 832), "256p": (256, 448)}
@@ -60,10 +62,14 @@ class GenerationRequest(BaseModel):
     # Long videos (num_frames > MAX_WINDOW_FRAMES) chain Video2World windows; defaults of the native scripts.
     chunk_size: int = Field(default=77, ge=5, le=MAX_WINDOW_FRAMES)  # frames per window, 4k+1
     chunk_overlap: int = Field(default=1, ge=1, le=2)  # latent frames each window takes from the previous
-    lora_path: Location | None = None  # a LoRA adapter (diffusers format) applied to the transformer
+    lora_path: Location | None = None  # a LoRA adapter (diffusers format, or a native LoRA run's checkpoint)
+    lora_alpha: float | None = Field(default=None, gt=0)  # a native LoRA's alpha when it is not its rank
     lora_scale: float = Field(default=1.0, ge=0.0, le=10.0, allow_inf_nan=False)
-    model_id: str = DEFAULT_MODEL_ID
+    model_id: str = DEFAULT_MODEL_ID  # hub id, local diffusers folder, native .pt / DCP folder, embedded:tiny
     revision: str = DEFAULT_REVISION
+    base_model_id: str | None = None  # a native checkpoint's other components; None: the hub 2B/14B by size
+    # NVIDIA documents the distilled model for Text2World only; Image2World/Video2World on it if True.
+    distilled_conditioning: bool = False
     device: str = "cuda"
     device_map: str | None = None
     # A transformer replica on a second GPU runs each step's unconditional forward (auto: when two GPUs).
@@ -129,6 +135,16 @@ class GenerationRequest(BaseModel):
         return self
 
     @model_validator(mode="after")
+    def _distilled_is_text2world(self) -> "GenerationRequest":
+        if self.is_distilled and self.source != "text" and not self.distilled_conditioning:
+            raise ValueError(
+                "the distilled model is documented for Text2World only and this request conditions on "
+                f"{self.input_path}; drop the input, use another revision, or pass "
+                "distilled_conditioning=true (--distilled_conditioning) to try it anyway"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _long_video_windows(self) -> "GenerationRequest":
         if self.is_long and self.chunk_size <= self.overlap_frames + VAE_TEMPORAL_FACTOR - 1:
             raise ValueError(
@@ -176,8 +192,14 @@ class GenerationRequest(BaseModel):
         return self.name or self.mode
 
     @property
+    def is_distilled(self) -> bool:
+        """NVIDIA's few-step sampler: no guidance, so `guidance_scale` and the step count do not apply."""
+        return self.revision == DISTILLED_REVISION
+
+    @property
     def is_embedded(self) -> bool:
-        return self.model_id == EMBEDDED_MODEL_ID
+        """The embedded model, or a checkpoint built on its components (`base_model_id`)."""
+        return EMBEDDED_MODEL_ID in (self.model_id, self.base_model_id)
 
     @property
     def guardrail_enabled(self) -> bool:

@@ -14,6 +14,7 @@ Command-line parsing never happens here: settings are built from keyword argumen
 environment only. Evaluation suites are `cosmos_pipeline.suites`.
 """
 
+import json
 import os
 import tempfile
 from collections.abc import Mapping
@@ -104,35 +105,57 @@ class Settings(BaseSettings):
     )
 
     profile: str = DEFAULT_PROFILE
-    # The working directory's SQLite store (gitignored); MLflow 3 refuses the plain file store.
     tracking_uri: str = Field(
         default="sqlite:///mlflow.db",
         validation_alias=AliasChoices("tracking_uri", "COSMOS_TRACKING_URI", "MLFLOW_TRACKING_URI"),
+        description="this folder's SQLite store; MLFLOW_TRACKING_URI too (MLflow 3 refuses a file store)",
     )
-    # Where a SQLite/file store keeps artifacts; a tracking server decides for itself.
-    artifact_root: Path = Path("mlartifacts")
+    artifact_root: Path = Field(
+        default=Path("mlartifacts"),
+        description="artifacts of a SQLite store (a tracking server keeps its own)",
+    )
     experiment: str = "cosmos-generate"
     eval_experiment: str = "cosmos-evaluate"
     output_dir: Location = DEFAULT_OUTPUT_DIR  # a folder, or a URI prefix (`s3://bucket/outputs`)
-    gpu_slots: int = Field(default=1, ge=1)  # generations at once per GPU: one, or they thrash memory
-    gpu_wait_timeout_s: float | None = None  # None waits for a free GPU as long as it takes
-    # One lock file per GPU slot of the host (cosmos_pipeline.slots), shared by every checkout and user.
-    slot_dir: Path = Path(tempfile.gettempdir()) / "cosmos-world-pipeline-slots"
-    max_input_artifact_mb: float = 25.0  # larger inputs are recorded by content hash only
-    request: RequestDefaults = RequestDefaults()
-    # Speed and memory: the default mode unless a profile, COSMOS_ACCELERATION__* or a flag says otherwise.
-    acceleration: Acceleration = Acceleration()
-    # What requests may read, write and ask for; a shared deployment sets the roots.
-    policy: Policy = Policy()
-    # Production (README "Production"): generations go to long-lived `cosmos-worker` processes that keep
-    # pipelines loaded; one that no worker starts within the timeout fails instead of waiting forever.
-    warm_workers: bool = False
-    warm_start_timeout_s: float = Field(default=3600.0, gt=0)
-    # A worker that stops beating (every 5 s) this long is gone: its generation goes to another worker.
-    warm_lost_after_s: float = Field(default=30.0, ge=15.0)
-    warm_resubmissions: int = Field(default=2, ge=0)  # times a lost worker's generation goes to another
-    # Runs the tracking server could not take wait here for `cosmos-sync`; None: <output_dir>/.mlflow-spool.
-    spool_dir: Path | None = None
+    gpu_slots: int = Field(default=1, ge=1, description="generations at once per GPU: more thrash its memory")
+    gpu_wait_timeout_s: float | None = Field(
+        default=None, description="unset: wait for a free GPU as long as it takes"
+    )
+    slot_dir: Path = Field(
+        default=Path(tempfile.gettempdir()) / "cosmos-world-pipeline-slots",
+        description="one lock file per GPU slot of the host, shared by every checkout and user",
+    )
+    max_input_artifact_mb: float = Field(
+        default=25.0, description="larger inputs are recorded by content hash only"
+    )
+    request: RequestDefaults = Field(
+        default=RequestDefaults(),
+        description="request defaults: below bundles and flags, above the request's own",
+    )
+    acceleration: Acceleration = Field(
+        default=Acceleration(),
+        description="speed and memory (GPU): the default mode unless set here or by flags",
+    )
+    policy: Policy = Field(
+        default=Policy(),
+        description="what requests may read, write and ask for (a shared deployment sets roots)",
+    )
+    warm_workers: bool = Field(
+        default=False,
+        description="generations go to long-lived `cosmos-worker` processes (README Production)",
+    )
+    warm_start_timeout_s: float = Field(
+        default=3600.0, gt=0, description="a generation no warm worker starts within this fails"
+    )
+    warm_lost_after_s: float = Field(
+        default=30.0, ge=15.0, description="a worker silent this long (it beats every 5 s) is gone"
+    )
+    warm_resubmissions: int = Field(
+        default=2, ge=0, description="times a lost worker's generation goes to another"
+    )
+    spool_dir: Path | None = Field(
+        default=None, description="runs the tracking server could not take; unset: <output_dir>/.mlflow-spool"
+    )
 
     @classmethod
     def settings_customise_sources(
@@ -151,6 +174,46 @@ class Settings(BaseSettings):
         if path is not None:
             sources += (TomlConfigSettingsSource(settings_cls, toml_file=path),)
         return sources
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, str | Path):
+        return json.dumps(str(value))
+    if isinstance(value, tuple | list):
+        return "[" + ", ".join(_toml(item) for item in value) + "]"
+    return repr(value)
+
+
+def _lines(model: type[BaseModel], prefix: str = "# ") -> list[str]:
+    lines = []
+    for name, info in model.model_fields.items():
+        value = info.default
+        if isinstance(value, BaseModel) or name == "profile":
+            continue
+        text = f"{prefix}{name} = {_toml(value) if value is not None else '<unset>'}"
+        if info.description:
+            text = f"{text:<44} # {info.description}"
+        lines.append(text)
+    return lines
+
+
+def default_profile() -> str:
+    """configs/default.toml: every setting at its default, commented out (a test keeps the two equal)."""
+    lines = [
+        "# The profile used when none is named (COSMOS_PROFILE or profile=...). Layers, lowest first:",
+        "# field defaults (cosmos_pipeline/settings.py) < this file < COSMOS_* environment < explicit",
+        "# values (flags, flow parameters).",
+        "# Every value shown is the default; uncomment a line to change it site-wide. Generated by",
+        "# `python -m cosmos_pipeline.settings > configs/default.toml`.",
+        "",
+        *_lines(Settings),
+    ]
+    for name, info in Settings.model_fields.items():
+        if isinstance(info.default, BaseModel):
+            lines += ["", f"# [{name}]  ({info.description})", *_lines(type(info.default))]
+    return "\n".join(lines) + "\n"
 
 
 def load_settings(profile: str | None = None, **explicit: Any) -> Settings:
@@ -179,3 +242,7 @@ def request_rows(explicit: Mapping[str, Any], settings: Settings) -> list[Row]:
     return bundle.request_rows(
         explicit, settings.request.model_dump(exclude_none=True), settings.output_dir, settings.policy
     )
+
+
+if __name__ == "__main__":
+    print(default_profile(), end="")

@@ -57,17 +57,16 @@ def generate(
         return Failed(message=batch.summary())
     advice = advise(batch.requests)  # GX advisories, in their own process while the model works
     records = [reused_record(request) for request in batch.reused]
-    run_ids, failures = [], []
+    failures = []
     for request in batch.requests:
         job = open_run(request, config, batch)
-        run_ids.append(job.run_id)
         try:
             records.append(generate_tracked(job))
         except Exception as error:
             if not keep_going:
                 raise
             failures.append(f"{request.label}: {type(error).__name__}: {error}")
-    record_advisories(config, advice, batch.requests, run_ids)
+    record_advisories(advice, batch.requests)
     if failures:
         summary = f"{len(failures)} of {len(batch.requests)} request(s) failed: " + "; ".join(failures)
         get_run_logger().error("%s", summary)

@@ -9,6 +9,7 @@ own; an interrupt (Ctrl-C, SIGTERM) ends the generation at the next step, holdin
 
 import contextlib
 import gc
+import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -24,8 +25,15 @@ from cosmos_pipeline.storage import URI, local
 if TYPE_CHECKING:  # torch and diffusers load inside the task, where the model runs
     from cosmos_pipeline.generate import GenerationResult
 
+# Set when this process is asked to stop (a warm worker's SIGTERM): a running generation ends at its next
+# step.
+STOPPING = threading.Event()
 RETRIES = 2  # transient errors only (`is_transient`): a network hiccup on a hub download, a full queue
 RETRY_DELAY_S = 10.0
+
+
+class GenerationStopped(KeyboardInterrupt):
+    """This process was asked to stop while generating: nothing was written, the GPU slot is free."""
 
 
 def is_transient(error: BaseException) -> bool:
@@ -161,6 +169,8 @@ def generate_video(request: GenerationRequest, settings: Settings) -> Generation
         pipe.set_progress_bar_config(disable=True)  # progress goes to the run log instead
 
         def on_step(index: int, total: int, seconds: float) -> None:
+            if STOPPING.is_set():
+                raise GenerationStopped(f"{request.label}: stopped at step {index + 1}/{total}")
             if (index + 1) % max(1, total // 10) == 0 or index + 1 == total:  # about ten lines a run
                 remaining = (total - index - 1) * seconds
                 logger.info("step %d/%d: %.2f s (about %.0f s to go)", index + 1, total, seconds, remaining)

@@ -108,11 +108,15 @@ def reused_record(request: GenerationRequest) -> GenerationRecord:
 
 @functools.cache
 def environment_tags() -> dict[str, str]:
-    """Versions of what produced the run, and the project's git commit (with `-dirty` if modified)."""
-    import diffusers
-    import prefect
-    import torch
-    import transformers
+    """Versions of what produced the run (read from the installed packages: nothing is imported), and the
+    project's git commit (with `-dirty` if modified)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    def installed(package: str) -> str:
+        try:
+            return version(package)
+        except PackageNotFoundError:
+            return "not installed"
 
     checkout = Path(cosmos_pipeline.__file__).resolve().parents[1]
 
@@ -128,10 +132,10 @@ def environment_tags() -> dict[str, str]:
         commit += "-dirty"
     return {
         "version.project": cosmos_pipeline.__version__,
-        "version.torch": torch.__version__,
-        "version.diffusers": diffusers.__version__,
-        "version.transformers": transformers.__version__,
-        "version.prefect": prefect.__version__,
+        **{
+            f"version.{package}": installed(package)
+            for package in ("torch", "diffusers", "transformers", "prefect")
+        },
         "version.python": sys.version.split()[0],
         "mlflow.source.git.commit": commit,
     }

@@ -3,8 +3,9 @@
 The check is the same one the command line runs; the task adds its report to the Prefect run (an
 artifact) and logs it once. A rejected batch is not an exception here: the flow ends Failed with the
 report as its message, and a FAILED MLflow run holds the report. The advisories suite
-(`configs/expectations/requests.json`) runs over the valid batch in GX's helper process: values the
-model accepts but that rarely give a good result, logged as warnings and recorded with each run.
+(`configs/expectations/requests.json`) runs over the valid batch in GX's helper process while the
+batch generates: values the model accepts but that rarely give a good result, logged as warnings and
+kept as a Prefect artifact.
 """
 
 from concurrent.futures import Future
@@ -20,7 +21,6 @@ from cosmos_pipeline.bundle import Row
 from cosmos_pipeline.request import GenerationRequest
 from cosmos_pipeline.settings import Settings
 from tasks.expectations import INDEX_COLUMN, failures, run_suite
-from tasks.spool import RunWriter
 
 REQUESTS_SUITE = "requests"
 
@@ -53,6 +53,8 @@ def validate_batch(rows: list[Row], settings: Settings, skip_existing: bool = Fa
     logger = get_run_logger()
     if report.ok:
         logger.info("%s", report.summary())
+        if report.reused:
+            logger.info("%d request(s) already have their output; reusing it", len(report.reused))
     else:
         logger.error("batch rejected, nothing generated: %s", report.summary())
     return report
@@ -64,27 +66,22 @@ def advise(requests: list[GenerationRequest]) -> "Future[dict[str, Any]]":
 
 
 @task(name="record-advisories", cache_policy=NONE, persist_result=False)
-def record_advisories(
-    settings: Settings,
-    advice: "Future[dict[str, Any]]",
-    requests: list[GenerationRequest],
-    run_ids: list[str | None],
-) -> list[str]:
+def record_advisories(advice: "Future[dict[str, Any]]", requests: list[GenerationRequest]) -> list[str]:
     """The advisories' verdict on `requests`, once GX has it: a warning per advisory a request misses, and
-    the GX result on each request's run (`run_ids`, aligned; `validation/advisories.json`)."""
+    the whole result as a Prefect artifact of the flow run (`request-advisories`)."""
     logger = get_run_logger()
     try:
         result = advice.result()
     except Exception as error:  # a record, not a gate: its failure must not fail the batch
         logger.warning("request advisories not checked: %s: %s", type(error).__name__, error)
         return []
-    warnings = []
-    for failure in failures(result):
-        for index in failure.rows:
-            if index <= len(requests):
-                warnings.append(f"{requests[index - 1].label}: `{failure.field}`: {failure.message}")
+    warnings = [
+        f"{requests[index - 1].label}: `{failure.field}`: {failure.message}"
+        for failure in failures(result)
+        for index in failure.rows
+    ]
     for warning in warnings:
         logger.warning("advisory: %s", warning)
-    for run_id in filter(None, run_ids):
-        RunWriter(settings, run_id).log_dict(result, "validation/advisories.json")
+    lines = ["# Request advisories", "", *(f"- {warning}" for warning in warnings or ["none missed"])]
+    create_markdown_artifact(key="request-advisories", markdown="\n".join(lines) + "\n")
     return warnings

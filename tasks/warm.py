@@ -23,6 +23,7 @@ fails.
 import argparse
 import asyncio
 import contextlib
+import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -31,7 +32,7 @@ from typing import Any
 
 from prefect import get_run_logger, task
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.objects import TaskRun
+from prefect.client.schemas.objects import State, TaskRun
 from prefect.client.subscriptions import Subscription
 from prefect.exceptions import ObjectNotFound
 from prefect.futures import PrefectDistributedFuture
@@ -39,10 +40,12 @@ from prefect.settings import get_current_settings
 from prefect.states import Crashed
 from prefect.task_worker import TaskWorker
 from prefect.variables import Variable
+from websockets.exceptions import WebSocketException
 
 from cosmos_pipeline.settings import Settings
 from cosmos_pipeline.sidecar import read_sidecar
 from cosmos_pipeline.storage import exists
+from tasks.generate import STOPPING, GenerationStopped
 from tasks.run import run_generation
 from tasks.scrub import install_log_scrubber
 from tasks.track import GenerationRecord, Job, worker_name
@@ -102,12 +105,16 @@ def task_run_key(context, parameters: dict[str, Any]) -> str:
     task_run_name="warm-{job.request.label}",
     cache_key_fn=task_run_key,  # not NONE: a task worker replaces "no cache" with input caching
 )
-def generate_on_worker(job: Job) -> GenerationRecord:
-    """`run_generation` in the warm worker's process, beating while it runs."""
+def generate_on_worker(job: Job) -> GenerationRecord | State:
+    """`run_generation` in the warm worker's process, beating while it runs. Stopped (SIGTERM) mid-way, the
+    task run ends Crashed: its flow hands the generation to another worker."""
     from prefect.runtime import task_run
 
     with heartbeat(task_run.id):
-        return run_generation(job)
+        try:
+            return run_generation(job)
+        except GenerationStopped as stopped:
+            return Crashed(message=f"worker {worker_name()} stopped: {stopped}")
 
 
 # ----------------------------------------------------------------------------- the flow's side
@@ -145,6 +152,8 @@ def await_worker(future: PrefectDistributedFuture, settings: Settings) -> Genera
                     "its parameters. Run the workers from the same checkout and version as the flows; see "
                     "their log"
                 ) from None
+            if state is not None and state.is_crashed():  # its worker stopped (SIGTERM) mid-generation
+                raise WorkerLostError(f"warm worker stopped during the generation ({state.message})")
             if state is not None and state.is_final():
                 return future.result()
             now = time.monotonic()
@@ -192,23 +201,47 @@ def generate_on_warm_worker(job: Job) -> GenerationRecord:
 
 class IdleTaskWorker(TaskWorker):
     """A task worker that subscribes only while idle, so a run waits in the server's queue, not in a busy
-    worker: the server re-queues a run it could not hand over, and an idle GPU takes it."""
+    worker: the server re-queues a run it could not hand over, and an idle GPU takes it.
+
+    Prefect's own worker keeps its subscription open while it works, and the one private method left here,
+    `_subscribe_to_task_scheduling`, is the loop that does so; the rest is Prefect's public API
+    (`Subscription`, `execute_task_run`, `handle_sigterm`). SIGTERM stops it cleanly: an idle worker leaves
+    at once; a busy one ends its generation at the next step (its flow hands it to another worker) and
+    then leaves.
+    """
+
+    _waiting: "asyncio.Task[TaskRun] | None" = None
 
     async def _subscribe_to_task_scheduling(self) -> None:
         base_url = get_current_settings().api.url
         if base_url is None:
             raise ValueError("PREFECT_API_URL must point at a Prefect server for a warm worker")
-        while True:
+        while not STOPPING.is_set():
             subscription = Subscription(
                 TaskRun, "/task_runs/subscriptions/scheduled", self.task_keys, self.client_id, base_url
             )
+            self._waiting = asyncio.ensure_future(subscription.__anext__())
             try:
-                task_run = await subscription.__anext__()
-            finally:  # Subscription has no public close; leaving closes the websocket
+                task_run = await self._waiting
+            except asyncio.CancelledError:
+                if STOPPING.is_set():
+                    return
+                raise
+            except (OSError, WebSocketException) as error:  # the server busy or restarting: not the end
+                print(f"cosmos-worker: subscription lost ({error}); subscribing again", file=sys.stderr)
+                await asyncio.sleep(POLL_S)
+                continue
+            finally:
+                self._waiting = None
                 with contextlib.suppress(Exception):
-                    await subscription._connect.__aexit__(None, None, None)
-            if await self._acquire_token(task_run.id):
-                await self._safe_submit_scheduled_task_run(task_run)
+                    await subscription.websocket.close()
+            await self.execute_task_run(task_run)  # takes the GPU's one token; returns when done
+
+    def handle_sigterm(self, signum: int, frame: object) -> None:
+        STOPPING.set()
+        waiting = self._waiting
+        if waiting is not None:  # idle: stop waiting for work now
+            asyncio.get_running_loop().call_soon_threadsafe(waiting.cancel)
 
 
 async def serve() -> None:
@@ -222,7 +255,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         prog="cosmos-worker",
         description="A warm generation worker: keeps pipelines loaded across flow runs. Start one per GPU "
         "with CUDA_VISIBLE_DEVICES set, PREFECT_API_URL pointing at the Prefect server and the same "
-        "COSMOS_* environment as the process workers.",
+        "COSMOS_* environment as the process workers. SIGTERM or Ctrl-C stops it cleanly.",
     ).parse_args(argv)
     install_log_scrubber()
-    asyncio.run(serve())
+    try:
+        asyncio.run(serve())
+    except KeyboardInterrupt:  # Ctrl-C
+        STOPPING.set()
+    print(f"cosmos-worker {worker_name()}: stopped", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -123,7 +123,7 @@ def test_same_output_twice_is_refused(tmp_path):
     [
         ("{not json", "is not valid JSON"),
         ("[1, 2]", "must hold a JSON object"),
-        ('{"prompt": "p", "num_output_frames": "many"}', "`num_output_frames`: Input should be a valid integer"),
+        ('{"prompt": "p", "num_output_frames": "many"}', "`num_output_frames`: Input should be a valid int"),
         ('{"prompt": 3}', "`prompt`"),
         ('{"prompt": "p", "input_path": 5}', "`input_path`: must be a path string, not 5"),
         ('{"prompt": ""}', "prompt is empty"),

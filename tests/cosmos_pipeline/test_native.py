@@ -283,21 +283,15 @@ def test_distilled_sampler_follows_the_update_rule_step_by_step():
 
 
 def test_distilled_text2world_on_the_embedded_pipeline(base):
-    request = tiny_request(height=32, width=48, num_frames=5)
+    request = tiny_request(height=64, width=48, num_frames=5, revision="distilled", seed=3)
     pipe = load_pipe(base)
     timesteps = []
     hook = pipe.transformer.register_forward_pre_hook(
         lambda module, args, kwargs: timesteps.append(kwargs["timestep"].unique().tolist()), with_kwargs=True
     )
-    frames, latents, timings = distilled.generate_distilled(
-        pipe,
-        request.prompt,
-        height=request.height,
-        width=request.width,
-        num_frames=request.num_frames,
-        seed=3,
-    )
+    result = generate(pipe, request)
     hook.remove()
+    frames, latents, timings = result.frames, result.latents, result.timings
     assert frames.shape == (request.num_frames, request.height, request.width, 3) and frames.dtype == np.uint8
     assert timesteps == [[pytest.approx(s)] for s in distilled.DISTILLED_SIGMAS]  # σ itself, one forward each
     assert timings.forwards == 4 and len(timings.steps_s) == 4
@@ -307,7 +301,8 @@ def test_distilled_text2world_on_the_embedded_pipeline(base):
         request.prompt, do_classifier_free_guidance=False, device=torch.device("cpu")
     )
     latent_frames = (request.num_frames - 1) // pipe.vae_scale_factor_temporal + 1
-    shape = (1, 16, latent_frames, request.height // 8, request.width // 8)
+    scale = pipe.vae_scale_factor_spatial
+    shape = (1, 16, latent_frames, request.height // scale, request.width // scale)
     noise = torch.randn(shape, generator=torch.Generator().manual_seed(3))
 
     def velocity(x: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -322,3 +317,41 @@ def test_distilled_text2world_on_the_embedded_pipeline(base):
             )[0]
 
     assert torch.equal(latents, distilled.sample_distilled(velocity, noise))
+
+
+@pytest.mark.usefixtures("prefect_api")
+@pytest.mark.parametrize("form", ["model.pt", "dcp"])
+def test_a_native_checkpoint_is_a_model_id_on_the_command_line(checkpoints, form, tmp_path, tracked) -> None:
+    """`--model_id <.pt | DCP folder> --base_model_id embedded:tiny` through the whole command: the same
+    video as the embedded post-trained model it was built from; `--revision distilled` samples in 4 steps."""
+    from cosmos_pipeline.media import read_video
+    from cosmos_pipeline.sidecar import read_sidecar
+    from flows import cli
+    from tests.conftest import TINY_ARGS
+
+    env = {"COSMOS_TRACKING_URI": tracked["tracking_uri"], "COSMOS_ARTIFACT_ROOT": tracked["artifact_root"]}
+    os.environ.update(env)
+    try:
+        args = [
+            *TINY_ARGS,
+            "--prompt",
+            "a red ball rolls to the left",
+            "--num_output_frames",
+            "5",
+            "--seed",
+            "4",
+        ]
+        outputs = {name: tmp_path / f"{name}.mp4" for name in ("embedded", "native", "distilled")}
+        assert cli.run([*args, "--output_path", str(outputs["embedded"])]) == 0
+        native_args = [*args, "--model_id", str(checkpoints[form]), "--base_model_id", "embedded:tiny"]
+        assert cli.run([*native_args, "--output_path", str(outputs["native"])]) == 0
+        assert (
+            cli.run([*native_args, "--revision", "distilled", "--output_path", str(outputs["distilled"])])
+            == 0
+        )
+    finally:
+        for key in env:
+            os.environ.pop(key)
+    np.testing.assert_array_equal(read_video(outputs["native"]), read_video(outputs["embedded"]))
+    assert read_sidecar(outputs["distilled"])["forwards"] == 4
+    assert not np.array_equal(read_video(outputs["distilled"]), read_video(outputs["embedded"]))

@@ -87,3 +87,12 @@ def test_a_seed_is_always_chosen():
     request = make().with_seed()
     assert isinstance(request.seed, int) and 0 <= request.seed < 2**31
     assert make(seed=7).with_seed().seed == 7
+
+
+def test_the_distilled_model_is_text2world_unless_allowed() -> None:
+    with pytest.raises(ValueError, match="documented for Text2World only.*--distilled_conditioning"):
+        GenerationRequest(prompt="p", revision="distilled", input_path=Path("robot.png"))
+    allowed = GenerationRequest(
+        prompt="p", revision="distilled", input_path=Path("robot.png"), distilled_conditioning=True
+    )
+    assert allowed.is_distilled and allowed.mode == "image2world"

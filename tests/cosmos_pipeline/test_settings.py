@@ -158,3 +158,23 @@ def test_suite_with_duplicate_labels_is_refused(tmp_path: Path) -> None:
     suite_file.write_text(f'assets = ["x.json"]\nseeds = [0]\n{variant}{variant}')
     with pytest.raises(InputError, match="labels must differ"):
         EvaluationSuite.load(suite_file)
+
+
+def test_default_profile_shows_every_default_as_the_code_states_it() -> None:
+    from cosmos_pipeline.settings import default_profile
+
+    assert (REPO / "configs" / "default.toml").read_text() == default_profile(), (
+        "regenerate it: python -m cosmos_pipeline.settings > configs/default.toml"
+    )
+    assert load_settings("default") == Settings()  # nothing in it is set
+
+
+def test_cli_help_states_the_request_defaults() -> None:
+    from cosmos_pipeline.cli import build_parser
+    from cosmos_pipeline.request import GenerationRequest
+
+    text = " ".join(build_parser().format_help().split())
+    fields = GenerationRequest.model_fields
+    for flag, field in (("denoising steps", "num_inference_steps"), ("4k+1", "num_frames"),
+                        ("guidance scale", "guidance_scale"), ("weights precision", "dtype")):  # fmt: skip
+        assert f"(default {fields[field].default})" in text.split(flag, 1)[1][:160], flag

@@ -17,11 +17,11 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from cosmos_pipeline.batch import check_batch
 from cosmos_pipeline.errors import InputError
 from cosmos_pipeline.settings import load_settings, request_rows
 from tasks.resolve import run_settings
 from tasks.scrub import MASK, ScrubFilter, scrub, scrub_value
-from tasks.validate import validate_rows
 
 SECRET = "SECRET-CONTENT-never-to-be-read"
 
@@ -59,7 +59,7 @@ def plan(profile, settings_parameter, input_path, overrides):
     """What the generate flow does with its parameters before any GPU time, as a deployment run."""
     config = run_settings(profile, settings_parameter, untrusted=True)
     rows = request_rows({**overrides, "input_path": input_path or None}, config)
-    return config, rows, validate_rows(rows, config.policy)
+    return config, rows, check_batch(rows, config.policy)
 
 
 JSON = st.recursive(
@@ -89,7 +89,7 @@ PROFILES = mostly(
 )
 SETTINGS = mostly(st.none(), st.dictionaries(
     st.sampled_from(["experiment", "request", "acceleration", "policy", "tracking_uri", "output_dir",
-                     "artifact_root", "spool_dir", "warm_workers", "retries"]),
+                     "artifact_root", "spool_dir", "warm_workers", "warm_resubmissions"]),
     JSON | st.just({"input_roots": None}) | st.just({"model_id": "embedded:tiny"}),
     max_size=2,
 ))  # fmt: skip
@@ -189,9 +189,9 @@ def test_scrub_masks_credentials_and_tokens(text, expected) -> None:
 
 
 def test_scrub_value_masks_secret_keys_in_nested_records() -> None:
-    record = {"settings": {"tracking_uri": "http://a:b@c", "hf_token": "x", "retries": 2}, "items": ["u:v"]}
+    record = {"settings": {"tracking_uri": "http://a:b@c", "hf_token": "x", "gpu_slots": 2}, "items": ["u:v"]}
     assert scrub_value(record) == {
-        "settings": {"tracking_uri": f"http://a:{MASK}@c", "hf_token": MASK, "retries": 2},
+        "settings": {"tracking_uri": f"http://a:{MASK}@c", "hf_token": MASK, "gpu_slots": 2},
         "items": ["u:v"],
     }
 

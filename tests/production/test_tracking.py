@@ -15,11 +15,10 @@ from mlflow import MlflowClient
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 
-from cosmos_pipeline.request import GenerationRequest
 from cosmos_pipeline.sidecar import read_sidecar
 from flows.generate import generate
 from tasks.spool import JOURNAL, SPOOL_PREFIX
-from tasks.track import KEY_TAG
+from tasks.track import EXECUTION_PARAMS, KEY_TAG, RUN_PARAMS, GenerationRecord
 from tests.conftest import ASSETS, TINY_FLAGS
 
 from .conftest import MlflowServer
@@ -48,7 +47,7 @@ def settings_for(server: MlflowServer, tmp_path: Path, experiment: str) -> dict:
     return {"tracking_uri": server.uri, "output_dir": str(tmp_path / "outputs"), "experiment": experiment}
 
 
-def run_image2world(settings: dict, output: Path, seed: int = 3) -> dict:
+def run_image2world(settings: dict, output: Path, seed: int = 3) -> GenerationRecord:
     state = generate(
         input_path=str(ASSETS / "image2world.json"),
         overrides={**TINY_FLAGS, "output_path": str(output), "seed": seed},
@@ -65,8 +64,13 @@ def assert_complete(client: MlflowClient, run_id: str, output: Path) -> None:
     run = client.get_run(run_id)
     params, tags, metrics = run.data.params, run.data.tags, run.data.metrics
     assert run.info.status == "FINISHED" and run.info.end_time >= run.info.start_time
-    assert set(GenerationRequest.model_fields) <= set(params)
-    assert {"version.torch", "git_commit", "pipeline.execution_device", "acceleration.compile"} <= set(params)
+    assert set(params) == {*RUN_PARAMS, *EXECUTION_PARAMS}
+    assert {
+        "version.torch",
+        "mlflow.source.git.commit",
+        "pipeline.execution_device",
+        "acceleration.compile",
+    } <= set(tags)
     assert tags["mode"] == "image2world" and len(tags[KEY_TAG]) == 64 and tags["output_path"] == str(output)
     assert {"time/total_s", "pipeline_loaded", "output/conditioning_ssim"} <= set(metrics)
     assert sorted(m.step for m in client.get_metric_history(run_id, "time/step_s")) == [0, 1]
@@ -83,7 +87,7 @@ def test_server_down_the_run_is_spooled_and_cosmos_sync_uploads_it(mlflow_server
     settings, output = settings_for(mlflow_server, tmp_path, "spool-down"), tmp_path / "outputs" / "robot.mp4"
     record = run_image2world(settings, output)
 
-    spooled = record["run_id"]
+    spooled = record.run_id
     assert spooled.startswith(SPOOL_PREFIX) and output.is_file()
     assert read_sidecar(output)["mlflow_run_id"] == spooled
     journal = tmp_path / "outputs" / ".mlflow-spool" / spooled / JOURNAL
@@ -121,7 +125,7 @@ def test_server_lost_mid_run_the_rest_is_spooled_and_the_next_flow_run_syncs_it(
     record = run_image2world(settings, output)
     monkeypatch.setattr(tasks.postprocess, "postprocess", real)
 
-    run_id = record["run_id"]
+    run_id = record.run_id
     assert not run_id.startswith(SPOOL_PREFIX) and output.is_file()  # created live, finished in the spool
     ops = [json.loads(line) for line in (tmp_path / "outputs" / ".mlflow-spool" / run_id / JOURNAL).open()]
     assert ops[0] == {**ops[0], "op": "attach", "run_id": run_id} and ops[-1]["op"] == "terminate"
@@ -151,7 +155,7 @@ def test_no_secret_reaches_params_tags_artifacts_sidecars_or_logs(mlflow_server,
     assert state.is_completed(), state
     [record] = state.result()
     client = MlflowClient(mlflow_server.uri)
-    run = client.get_run(record["run_id"])
+    run = client.get_run(record.run_id)
     recorded = [json.dumps(run.data.params), json.dumps(run.data.tags)]
     for path in artifacts(client, run.info.run_id):
         if path.endswith((".json", ".txt", ".md")):
