@@ -55,7 +55,6 @@ FIGURES = (
     Figure("output/clip_low", "clip_low", "lower"),
     Figure("gate/flagged_frames", "flagged_frames", "lower"),
     Figure("time/total_s", "total_s", "lower"),
-    Figure("time/denoising_s", "denoising_s", "lower"),
     Figure("output/temporal_consistency", "temporal_consistency", None),  # 1 is a frozen video
     Figure("output/sharpness", "sharpness", None),  # noise is sharp too
     Figure("output/exposure", "exposure", None),
@@ -170,7 +169,7 @@ def parent_metrics(table: pd.DataFrame, variants: list[str]) -> dict[str, float]
     return {key: float(value) for key, value in metrics.items() if np.isfinite(value)}
 
 
-def best(values: pd.Series, better: str) -> list[str]:
+def best(values: pd.Series, better: str | None) -> list[str]:
     """The variants whose value, as a table shows it, is the best one ([] when all are equal)."""
     shown = {variant: float(number(value)) for variant, value in values.dropna().items()}
     if len(set(shown.values())) < 2:
@@ -195,7 +194,10 @@ def winners(table: pd.DataFrame, variants: list[str]) -> pd.DataFrame:
                 change = column.get(variant, np.nan) - column.get(baseline, np.nan)
                 line[f"{variant} - {baseline}"] = number(change, sign=True)
             top = best(column, figure.better)
-            line["winner"] = ", ".join(f"**{variant}**" for variant in top) if top else "tie"
+            if top:
+                line["winner"] = ", ".join(f"**{variant}**" for variant in top)
+            else:  # equal, or only one variant measured it
+                line["winner"] = "tie" if column.notna().sum() > 1 else ""
             lines.append(line)
     return pd.DataFrame(lines)
 
@@ -217,8 +219,8 @@ def verdict(table: pd.DataFrame, variants: list[str]) -> str:
             won = [name for name, top in tops.items() if top == [variant]]
             lost = [name for name, top in tops.items() if top == [baseline]]
             parts.append(
-                f"{mode}: better on {', '.join(won) or 'nothing'}; worse on {', '.join(lost) or 'nothing'}"
-                f" ({len(ranked) - len(won) - len(lost)} even)"
+                f"{mode}: better on {', '.join(won) or 'nothing'}; worse on {', '.join(lost) or 'nothing'};"
+                f" equal on {len(ranked) - len(won) - len(lost)} figure(s)"
             )
         sentences.append(
             f"**{variant}** vs **{baseline}** (baseline): " + ". ".join(parts or ["no shared mode"])
@@ -233,15 +235,13 @@ def captions(table: pd.DataFrame) -> dict[str, tuple[str, ...]]:
     labels: dict[str, tuple[str, ...]] = {}
     for _, group in finished.groupby(["asset", "seed"]):
         names = [name for name in HEADLINE if name in group and group[name].notna().any()][:2]
-        tops = {
-            name: best(group.set_index("run_id")[name], BY_NAME[name].better or "higher") for name in names
-        }
+        tops = {name: best(group.set_index("run_id")[name], BY_NAME[name].better) for name in names}
         for row in group.to_dict("records"):
             labels[row["run_id"]] = tuple(
                 f"{name} {number(row[name])} ({BY_NAME[name].better} is better)"
                 + (" · best" if row["run_id"] in tops[name] else "")
                 for name in names
-                if row[name] == row[name]
+                if pd.notna(row[name])
             )
     return labels
 
@@ -251,9 +251,7 @@ def captions(table: pd.DataFrame) -> dict[str, tuple[str, ...]]:
 
 def headline(row: dict[str, Any]) -> str:
     """A case's first headline figure ("flicker 0.031"), or its status when it has none."""
-    name = next(
-        (name for name in HEADLINE if row.get(name) == row.get(name) and row.get(name) is not None), None
-    )
+    name = next((name for name in HEADLINE if pd.notna(row.get(name))), None)
     return f"{name} {number(row[name])}" if row["status"] == "FINISHED" and name else row["status"].lower()
 
 

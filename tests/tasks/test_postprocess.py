@@ -1,8 +1,11 @@
-"""Post-processing pieces: key frames and the frame gate."""
+"""Post-processing pieces: key frames, the frame gate, the toy-world quality figures."""
+
+from types import SimpleNamespace
 
 import numpy as np
+import pytest
 
-from tasks.postprocess import frame_table, gate, keyframe_indices
+from tasks.postprocess import frame_table, gate, keyframe_indices, quality
 
 
 def test_keyframes_are_first_middle_last() -> None:
@@ -23,3 +26,20 @@ def test_gate_passes_a_textured_video_and_flags_black_frames_and_counts() -> Non
     assert not result["success"]
     assert any("black" in problem and "[2]" in problem for problem in problems)
     assert any("should have 9 frames" in problem for problem in problems)
+
+
+def test_quality_scores_toy_world_prompts_on_the_embedded_model_only() -> None:
+    toyworld = pytest.importorskip(
+        "cosmos_pipeline.toyworld"
+    )  # lands on its own (the trained embedded model)
+    scene = toyworld.prompt_set(1, seed=0)[0]
+    truth = toyworld.to_uint8(toyworld.render([scene], 128, 224, 29)[0])
+    embedded = SimpleNamespace(model_id="embedded:tiny", prompt=scene.prompt)
+    assert quality(embedded, truth) == {
+        "quality/adherence": 1.0, "quality/colour_right": 1.0, "quality/direction_right": 1.0
+    }  # fmt: skip
+    assert quality(embedded, np.full_like(truth, 128))["quality/adherence"] == 0.0
+    assert quality(SimpleNamespace(model_id="nvidia/Cosmos-Predict2.5-2B", prompt=scene.prompt), truth) == {}
+    assert (
+        quality(SimpleNamespace(model_id="embedded:tiny", prompt="A warehouse aisle at dawn."), truth) == {}
+    )

@@ -100,7 +100,7 @@ def test_winners_state_the_direction_and_call_ties() -> None:
 def test_verdict_names_what_each_variant_wins_and_loses_per_mode() -> None:
     text = verdict(cases(), ["pre-trained", "post-trained"])
     assert text.startswith("**post-trained** vs **pre-trained** (baseline): text2world: better on flicker;")
-    assert "image2world: better on nothing; worse on nothing (2 even)" in text
+    assert "image2world: better on nothing; worse on nothing; equal on 2 figure(s)" in text
 
 
 def test_captions_mark_the_best_variant_of_each_case() -> None:
