@@ -20,6 +20,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -88,12 +89,12 @@ def mlflow_server(store: str, out: Path) -> Iterator[str]:
                 raise SystemExit(f"ui-check: mlflow server did not start; see {out / 'mlflow-server.log'}")
             time.sleep(0.5)
         yield base
-    finally:
-        server.terminate()
+    finally:  # the server and the workers it started (uvicorn, job runners): its whole process group
+        os.killpg(server.pid, signal.SIGTERM)
         try:
             server.wait(timeout=20)
         except subprocess.TimeoutExpired:
-            server.kill()
+            os.killpg(server.pid, signal.SIGKILL)
 
 
 def api(base: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
