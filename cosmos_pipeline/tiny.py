@@ -1,15 +1,23 @@
-"""The embedded model: a tiny random-weight Cosmos-Predict2.5 pipeline, built offline.
+"""The embedded model: a miniature Cosmos-Predict2.5 for offline runs, loaded like the real one.
 
 Nothing can be downloaded on the machines this project is developed and tested on, yet the code
-that loads the real model must be the code that runs. So every component of
-`Cosmos2_5_PredictBasePipeline` is built here from a small config with seeded random weights
-(the tokenizer is trained with `tokenizers` on a fixed corpus), saved with `save_pretrained`,
-and then loaded back through the same `from_pretrained` call as `nvidia/Cosmos-Predict2.5-2B`.
+that loads the real model must be the code that runs. So the embedded model is the real pipeline's
+classes at tiny sizes, saved with `save_pretrained` and loaded through the same `from_pretrained`
+call as `nvidia/Cosmos-Predict2.5-2B`.
 
-The two revisions of the real model have two tiny stand-ins: `diffusers/base/pre-trained` and
-`diffusers/base/post-trained` share the text encoder and VAE and differ in the transformer (the
-post-trained one is the pre-trained one plus a seeded perturbation, as fine-tuning would be), so
-variant comparisons can be exercised offline.
+Two generations of it live here while the trained one is being finished (issue 12):
+- The trained model: `scripts/train_toyworld.py` trains `build_trainable_transformer` and
+  `build_trainable_vae` on `cosmos_pipeline.toyworld` and exports both revisions into
+  `cosmos_pipeline/embedded/{pre-trained,post-trained}/` (plus `lora-pink/`). Where those folders
+  exist, they are the embedded model. Its sizes are chosen for a 2-core CPU, where attention over
+  latent tokens and the VAE's full-resolution convolutions dominate: a Wan VAE with a 2x2 pixel
+  patch before three downsamplings (16x in space, 4x in time; the pipeline reads 16x from
+  `len(temperal_downsample)` and 4x from its sum, hence [False, True, True, False]) and a 2-layer,
+  128-wide transformer with 1x2x1 patches (1,792 tokens at 256x448x29). Heights must then be
+  multiples of 32 (`HEIGHT_MULTIPLE`).
+- Until then, a random-weight stand-in is built on first use (seeded, tokenizer trained with
+  `tokenizers`) into a cache: it proves equality with diffusers' own call and nothing else. Its two
+  revisions differ by a seeded perturbation of the transformer.
 """
 
 import hashlib
@@ -21,13 +29,19 @@ from pathlib import Path
 
 import torch
 
+from cosmos_pipeline import toyworld
+
 EMBEDDED_MODEL_ID = "embedded:tiny"
 PRE_TRAINED = "diffusers/base/pre-trained"
 POST_TRAINED = "diffusers/base/post-trained"
-REVISION_SEEDS = {PRE_TRAINED: None, POST_TRAINED: 1}  # seed of the post-training perturbation
+REVISION_SEEDS = {PRE_TRAINED: None, POST_TRAINED: 1}  # seed of the stand-in's post-training perturbation
+EMBEDDED_DIR = Path(__file__).parent / "embedded"  # the trained model, as package data
+REVISION_FOLDERS = {PRE_TRAINED: "pre-trained", POST_TRAINED: "post-trained"}
+LORA_PATH = EMBEDDED_DIR / "lora-pink"
+HEIGHT_MULTIPLE, WIDTH_MULTIPLE = 32, 16  # the trained model: a 16x VAE times 1x2x1 transformer patches
 
 # Bump when the construction below changes, so stale caches are rebuilt rather than reused.
-BUILD_VERSION = "1"
+BUILD_VERSION = "2"
 
 CHAT_TEMPLATE = (
     "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}"
@@ -53,7 +67,12 @@ SPECIAL_TOKENS = [
     "<|image_pad|>",
     "<|video_pad|>",
 ]
-# The tokenizer's training text: enough English to give common words their own tokens.
+# The tokenizer's training text: enough English to give common words their own tokens, and every
+# toy-world word often enough to be one token.
+TOY_WORDS = " ".join(
+    [*toyworld.PALETTE, *toyworld.SHAPES, *(p for ps in toyworld.MOTIONS.values() for p in ps)]
+    + [p for phrases, *_ in toyworld.BACKGROUNDS.values() for p in phrases]
+)
 CORPUS = [
     "You are a helpful assistant who will provide prompts to an image generator.",
     "A robot arm picks up a red box from a conveyor belt in a bright warehouse.",
@@ -62,6 +81,7 @@ CORPUS = [
     "A ball rolls across the floor and bounces off the wall; the scene is lit by the afternoon sun.",
     "The video captures a series of frames showing ugly scenes, static with no motion, motion blur, "
     "over-saturation, shaky footage, low resolution, grainy texture, pixelated images, poorly lit areas.",
+    *[TOY_WORDS] * 20,
 ]
 TEXT_HIDDEN = 32
 TEXT_LAYERS = 2
@@ -84,7 +104,7 @@ def build_tokenizer():
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     trainer = trainers.BpeTrainer(
-        vocab_size=600,
+        vocab_size=800,
         special_tokens=SPECIAL_TOKENS,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
@@ -172,6 +192,55 @@ def build_vae():
     ).eval()
 
 
+TRANSFORMER_CONFIG = dict(
+    in_channels=16 + 1,  # latents and the condition mask
+    out_channels=16,
+    num_attention_heads=2,
+    attention_head_dim=64,
+    num_layers=2,
+    mlp_ratio=4.0,
+    text_embed_dim=128,
+    adaln_lora_dim=32,
+    max_size=(128, 240, 240),
+    patch_size=(1, 2, 1),
+    rope_scale=(1.0, 3.0, 3.0),
+    concat_padding_mask=True,
+    extra_pos_embed_type=None,
+    use_crossattn_projection=True,
+    crossattn_proj_in_channels=TEXT_HIDDEN * TEXT_LAYERS,
+    encoder_hidden_states_channels=128,
+)
+VAE_CONFIG = dict(
+    base_dim=8,  # the encoder; it runs for Image2World/Video2World inputs only
+    decoder_base_dim=4,  # every video's decode: a thin top stage keeps it fast on a CPU
+    z_dim=16,
+    dim_mult=[1, 2, 4, 8],
+    num_res_blocks=1,
+    temperal_downsample=[False, True, True, False],
+    in_channels=12,  # RGB in 2x2 patches
+    out_channels=12,
+    patch_size=2,
+    scale_factor_spatial=16,
+    scale_factor_temporal=4,
+)
+
+
+def build_trainable_transformer():
+    """The trained model's transformer with fresh weights (seeded), for `scripts/train_toyworld.py`."""
+    from diffusers import CosmosTransformer3DModel
+
+    torch.manual_seed(0)
+    return CosmosTransformer3DModel(**TRANSFORMER_CONFIG)
+
+
+def build_trainable_vae():
+    """The trained model's VAE with fresh weights (seeded); training sets its latents_mean/std."""
+    from diffusers import AutoencoderKLWan
+
+    torch.manual_seed(0)
+    return AutoencoderKLWan(**VAE_CONFIG)
+
+
 def build_scheduler():
     from diffusers import UniPCMultistepScheduler
 
@@ -186,9 +255,8 @@ def build_scheduler():
 
 
 def save_tiny_pipeline(revision: str, directory: Path) -> None:
-    """Build the tiny pipeline for `revision` and `save_pretrained` it into `directory`."""
+    """Build the random-weight stand-in for `revision` and save it into `directory`."""
     from diffusers import Cosmos2_5_PredictBasePipeline
-    from diffusers.utils import logging as diffusers_logging
 
     from cosmos_pipeline.guardrail import PassThroughSafetyChecker
 
@@ -201,13 +269,20 @@ def save_tiny_pipeline(revision: str, directory: Path) -> None:
         scheduler=build_scheduler(),
         safety_checker=PassThroughSafetyChecker(),
     )
+    save_pipeline(pipe, directory)
+
+
+def save_pipeline(pipe, directory: Path) -> None:
+    """`save_pretrained` laid out as the real checkpoints are: no safety_checker folder (the guardrail
+    is attached at load time)."""
+    from diffusers.utils import logging as diffusers_logging
+
     verbosity = diffusers_logging.get_verbosity()
     diffusers_logging.set_verbosity_error()  # it would warn that the pass-through checker is not saved: right
     try:
         pipe.save_pretrained(directory, safe_serialization=True)
     finally:
         diffusers_logging.set_verbosity(verbosity)
-    # The real checkpoints carry no safety_checker folder; the guardrail is attached at load time.
     index = directory / "model_index.json"
     config = json.loads(index.read_text())
     config.pop("safety_checker", None)
@@ -216,13 +291,17 @@ def save_tiny_pipeline(revision: str, directory: Path) -> None:
 
 
 def embedded_model_path(revision: str) -> Path:
-    """The local directory of the tiny pipeline for `revision`, built on first use (atomically)."""
+    """The folder of the embedded model's `revision`: the trained one where it is installed, else the
+    random-weight stand-in, built on first use (atomically)."""
     from cosmos_pipeline.errors import InputError
 
     if revision not in REVISION_SEEDS:
         raise InputError(
             f"the embedded model has no revision {revision!r}; use one of: {', '.join(REVISION_SEEDS)}"
         )
+    trained = EMBEDDED_DIR / REVISION_FOLDERS[revision]
+    if (trained / "model_index.json").is_file():
+        return trained
     import diffusers
     import transformers
 
