@@ -133,10 +133,30 @@ def evaluation(base: str) -> dict[str, Any]:
     }
 
 
-def open_page(page, url: str, wait_for: str) -> None:
+def shown(page, selector: str, what: str, **options: Any) -> None:
+    """Wait for `selector`; Missing (naming `what`) if the page does not show it within TIMEOUT_MS."""
+    from playwright.sync_api import TimeoutError
+
+    try:
+        page.wait_for_selector(selector, timeout=TIMEOUT_MS, **options)
+    except TimeoutError:
+        raise Missing(f"{what}: not shown within {TIMEOUT_MS // 1000} s") from None
+
+
+def reached(page, condition: str, what: str, arg: Any = None) -> None:
+    """Wait for a JavaScript `condition`; Missing (naming `what`) if it does not hold within TIMEOUT_MS."""
+    from playwright.sync_api import TimeoutError
+
+    try:
+        page.wait_for_function(condition, arg=arg, timeout=TIMEOUT_MS)
+    except TimeoutError:
+        raise Missing(f"{what}: not within {TIMEOUT_MS // 1000} s") from None
+
+
+def open_page(page, url: str, wait_for: str, what: str) -> None:
     """Go to `url`, wait for `wait_for` (a selector), and close MLflow's assistant panel if it opened."""
     page.goto(url)
-    page.wait_for_selector(wait_for, timeout=TIMEOUT_MS)
+    shown(page, wait_for, what)
     close = page.locator('[data-component-id="mlflow.assistant.chat_panel.close"]')
     if close.count() and close.first.is_visible():
         close.first.click()
@@ -144,36 +164,31 @@ def open_page(page, url: str, wait_for: str) -> None:
 
 def check_runs(page, base: str, facts: dict[str, Any], shots: Path) -> None:
     """The runs table, the parent expanded: every child's name shows its variant."""
-    open_page(page, f"{base}/#/experiments/{facts['experiment']}/runs?workflowType=machine_learning",
-              f"text={facts['parent_name']}")  # fmt: skip
+    table = f"{base}/#/experiments/{facts['experiment']}/runs?workflowType=machine_learning"
+    open_page(page, table, f"text={facts['parent_name']}", "the parent run's row")
     page.locator('button[data-component-id*="runnamecellrenderer"]').first.click()
     for name in facts["children"]:
-        page.wait_for_selector(f'a:has-text("{name}")', state="attached", timeout=TIMEOUT_MS)
+        shown(page, f'a:has-text("{name}")', f"child run {name!r}", state="attached")
     page.screenshot(path=shots / "runs.png")
-    unnamed = [
-        name for name, variant in facts["children"].items() if not variant or not name.startswith(variant)
-    ]
-    if not facts["children"] or unnamed:
-        raise Missing(f"runs table: child runs without their variant first in the name: {unnamed or 'none'}")
-    for name in facts["children"]:
-        shown = page.locator(f'a:has-text("{name}")').first.inner_text()
-        if not shown.startswith(facts["children"][name]):
-            raise Missing(f"runs table: {name!r} shows as {shown!r}")
+    if not facts["children"]:
+        raise Missing("runs table: the parent has no child runs")
+    for name, variant in facts["children"].items():
+        text = page.locator(f'a:has-text("{name}")').first.inner_text()
+        if not variant or not text.startswith(variant):
+            raise Missing(f"runs table: child run {text!r} does not start with its variant {variant!r}")
 
 
 def check_parent(page, base: str, facts: dict[str, Any], shots: Path) -> None:
     """The parent's page opens with the verdict and the winner table (its description)."""
     run = f"{base}/#/experiments/{facts['experiment']}/runs/{facts['parent']}?workflowType=machine_learning"
-    open_page(page, run, "text=Winner per figure")
+    open_page(page, run, "text=(baseline)", "the verdict at the top of the parent's description")
     more = page.get_by_text("Show more", exact=True)
     if more.count():
         more.first.click()
-    page.wait_for_selector("table:has-text('winner')", timeout=TIMEOUT_MS)
+    shown(page, "table:has-text('winner')", "the winner-per-figure table")
     for name in facts["children"]:  # "About this run" lists them once loaded
-        page.wait_for_selector(f'a:has-text("{name}")', timeout=TIMEOUT_MS)
+        shown(page, f'a:has-text("{name}")', f"child run {name!r} on the parent's page")
     page.screenshot(path=shots / "parent.png")
-    if not page.get_by_text("(baseline)").count():
-        raise Missing("parent run: the description does not open with the verdict")
 
 
 def check_grid(page, base: str, facts: dict[str, Any], shots: Path) -> None:
@@ -181,24 +196,17 @@ def check_grid(page, base: str, facts: dict[str, Any], shots: Path) -> None:
     view = (
         f"{base}/#/experiments/{facts['experiment']}/runs?workflowType=machine_learning&compareRunsMode=CHART"
     )
-    open_page(
-        page, view, "[data-testid='experiment-view-compare-runs-section-header']:has-text('comparison')"
-    )
-    section = page.locator("[data-testid='experiment-view-compare-runs-section-header']").filter(
-        has_text="comparison"
-    )
-    section.first.scroll_into_view_if_needed()
-    expected = [
+    header = "[data-testid='experiment-view-compare-runs-section-header']"
+    open_page(page, view, f"{header}:has-text('comparison')", "the chart view's section 'comparison'")
+    page.locator(header).filter(has_text="comparison").first.scroll_into_view_if_needed()
+    titles = [
         f"comparison/{name.removesuffix('.mp4').replace('-seed', ' seed ')}" for name in facts["videos"]
     ]
-    for title in expected:
-        page.wait_for_selector(f"h4[title='{title}']", timeout=TIMEOUT_MS)
-    page.wait_for_function(
-        """count => [...document.querySelectorAll('img')].filter(img =>
-               img.src.includes('comparison') && img.complete && img.naturalWidth > 0).length >= count""",
-        arg=len(expected),
-        timeout=TIMEOUT_MS,
-    )
+    for title in titles:
+        shown(page, f"h4[title='{title}']", f"key-frame grid {title!r}")
+    loaded = """count => [...document.querySelectorAll('img')].filter(img =>
+                    img.src.includes('comparison') && img.complete && img.naturalWidth > 0).length >= count"""
+    reached(page, loaded, f"{len(titles)} key-frame grid image(s) loaded", arg=len(titles))
     page.screenshot(path=shots / "grid.png")
 
 
@@ -209,16 +217,17 @@ def check_video(page, base: str, facts: dict[str, Any], shots: Path) -> None:
     video = facts["videos"][0]
     url = (f"{base}/#/experiments/{facts['experiment']}/runs/{facts['parent']}/artifacts/comparison/{video}"
            "?workflowType=machine_learning")  # fmt: skip
-    open_page(page, url, "video")
-    page.wait_for_function("() => document.querySelector('video').readyState >= 1", timeout=TIMEOUT_MS)
+    open_page(page, url, "video", f"the player of comparison/{video}")
+    reached(page, "() => document.querySelector('video').readyState >= 1", f"comparison/{video} loaded")
     size = page.evaluate(
-        """() => { const v = document.querySelector('video'); v.muted = true; v.loop = true; v.play();
+        """() => { const v = document.querySelector('video');
                    return {width: v.videoWidth, height: v.videoHeight, duration: v.duration}; }"""
     )
-    page.wait_for_function("() => document.querySelector('video').currentTime > 0.8", timeout=TIMEOUT_MS)
-    page.screenshot(path=shots / "video.png")
     if size["width"] < MIN_VIDEO_WIDTH or size["duration"] < MIN_VIDEO_SECONDS:
-        raise Missing(f"comparison video {video}: {size}, wanted >= {MIN_VIDEO_WIDTH} px and >= 3 s")
+        raise Missing(f"comparison/{video} is {size}: wanted >= {MIN_VIDEO_WIDTH} px wide, >= 3 s long")
+    page.evaluate("() => { const v = document.querySelector('video'); v.muted = true; v.play(); }")
+    reached(page, "() => document.querySelector('video').currentTime > 1", f"comparison/{video} playing")
+    page.screenshot(path=shots / "video.png")
 
 
 def browse(base: str, shots: Path) -> list[str]:
