@@ -43,8 +43,8 @@ def interruptible(command: Callable[[], int]) -> int:
     except KeyboardInterrupt as interrupt:
         signum = interrupt.signum if isinstance(interrupt, Interrupted) else signal.SIGINT
         print(
-            f"interrupted ({signal.Signals(signum).name}): stopped; nothing half-written, the GPU slot is "
-            "free, and a started run is marked KILLED in MLflow",
+            f"interrupted ({signal.Signals(signum).name}): stopped, nothing half-written; a started run is "
+            "marked KILLED in MLflow",
             file=sys.stderr,
         )
         return EXIT_INTERRUPTED[signum]
@@ -93,6 +93,20 @@ def start_server():
 def use_server(server) -> None:
     if server is not None:
         os.environ["PREFECT_API_URL"] = server.wait()
+
+
+def stop_server(server) -> None:
+    """Send Prefect's queued logs and events while the server still listens (they would otherwise retry
+    against a stopped server for a minute at exit), then stop it."""
+    if server is None:
+        return
+    if "prefect" in sys.modules:
+        from prefect.events.worker import EventsWorker
+        from prefect.logging.handlers import APILogWorker
+
+        for service in (APILogWorker, EventsWorker):
+            service.drain_all(timeout=5)
+    server.stop()
 
 
 def failure(state) -> tuple[str, int]:
@@ -152,8 +166,7 @@ def generate_command(argv: Sequence[str] | None = None) -> int:
         print(f"error: {message}", file=sys.stderr)
         return code
     finally:
-        if server is not None:
-            server.stop()
+        stop_server(server)
 
 
 def run(argv: Sequence[str] | None = None) -> int:
@@ -210,8 +223,7 @@ def evaluate_command(argv: Sequence[str] | None = None) -> int:
         print(f"  then {ui_address(settings, f'#/runs/{result.parent_run_id}')} (which variant wins on what)")
         return EXIT_OK
     finally:
-        if server is not None:
-            server.stop()
+        stop_server(server)
 
 
 def evaluate(argv: Sequence[str] | None = None) -> int:

@@ -437,7 +437,8 @@ def log_generation(job: Job, generation: Generation, post: Postprocessed) -> Gen
 
 def _record_error(writer: RunWriter, error: BaseException) -> None:
     kind = type(error).__name__
-    message = INTERRUPTED if isinstance(error, KeyboardInterrupt | SystemExit) else f"{kind}: {error}"
+    # Not an Exception: Ctrl-C, SIGTERM (Prefect's TerminationSignal), a stopped worker.
+    message = f"{kind}: {error}" if isinstance(error, Exception) else INTERRUPTED
     writer.log_batch(tags={"error": message[:5000], "error_type": kind})
     writer.log_text("".join(traceback.format_exception(type(error), error, error.__traceback__)), "error.txt")
 
