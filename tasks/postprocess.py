@@ -84,14 +84,9 @@ def quality(request: GenerationRequest, frames: np.ndarray) -> dict[str, float]:
     """How well an embedded-model output shows what its toy-world prompt says (colour and motion of every
     object, `cosmos_pipeline.toyscore`); nothing for other models or prompts outside the toy grammar."""
     from cosmos_pipeline.tiny import is_embedded
+    from cosmos_pipeline.toyscore import score_prompt
 
     if not is_embedded(request.model_id):
-        return {}
-    try:
-        from cosmos_pipeline.toyscore import score_prompt
-    except ModuleNotFoundError as error:  # the toy world lands on its own; until then nothing is scored
-        if error.name not in ("cosmos_pipeline.toyscore", "cosmos_pipeline.toyworld"):
-            raise
         return {}
     scores = score_prompt(request.prompt, frames) or {}
     return {QUALITY_KEYS[key]: value for key, value in scores.items() if key in QUALITY_KEYS}

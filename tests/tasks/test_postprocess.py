@@ -3,8 +3,8 @@
 from types import SimpleNamespace
 
 import numpy as np
-import pytest
 
+from cosmos_pipeline import toyworld
 from tasks.postprocess import frame_table, gate, keyframe_indices, quality
 
 
@@ -29,9 +29,6 @@ def test_gate_passes_a_textured_video_and_flags_black_frames_and_counts() -> Non
 
 
 def test_quality_scores_toy_world_prompts_on_the_embedded_model_only() -> None:
-    toyworld = pytest.importorskip(
-        "cosmos_pipeline.toyworld"
-    )  # lands on its own (the trained embedded model)
     scene = toyworld.prompt_set(1, seed=0)[0]
     truth = toyworld.to_uint8(toyworld.render([scene], 128, 224, 29)[0])
     embedded = SimpleNamespace(model_id="embedded:tiny", prompt=scene.prompt)
