@@ -6,26 +6,34 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-$(BIN)/.installed: pyproject.toml
+# constraints.txt is the tested set of versions (`make lock` refreshes it); pyproject.toml keeps ranges.
+$(BIN)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[test]"
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[test]"
 	touch $@
 
-.PHONY: install demo test ui-check stack stack-status stack-down
+.PHONY: install lock demo test ui-check stack stack-status stack-down
 install: $(BIN)/.installed
 
 demo: $(BIN)/.installed
 	$(BIN)/cosmos-generate --model_id embedded:tiny --input_path assets/text2world.json \
-		--resolution 256p --num_output_frames 29 --seed 7 --dtype float32 --output_path outputs/demo.mp4 --overwrite
+		--resolution 256p --num_output_frames 29 --seed 7 --output_path outputs/demo.mp4 --overwrite
 
 test: $(BIN)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
 ui-check: $(BIN)/.installed
-	$(BIN)/python -m pip install --quiet -e ".[ui]"
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[ui]"
 	$(BIN)/python scripts/ui_check.py $(UI_CHECK_ARGS)
+
+lock:
+	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/python -m pip install --quiet --upgrade pip
+	.lock-venv/bin/python -m pip install --quiet -e ".[test,ui]"
+	{ head -3 constraints.txt; .lock-venv/bin/python -m pip freeze --exclude-editable | grep -v '^-e'; } > constraints.new
+	mv constraints.new constraints.txt && rm -rf .lock-venv
 
 stack: $(BIN)/.installed
 	$(BIN)/python scripts/stack.py up $(STACK_ARGS)
