@@ -345,24 +345,29 @@ def stage_stats(run: Run) -> bool:
     mean, std = latents.mean(dim=1), latents.std(dim=1)
     vae.register_to_config(latents_mean=mean.tolist(), latents_std=std.tolist())
     vae.save_pretrained(run.dir / "vae")
-    psnr = vae_psnr(
-        vae, run, *((256, 448, 8) if run.device.type == "cuda" else (SMALL[0].height, SMALL[0].width, 2))
-    )
-    run.record("stats", latents_mean=mean.tolist(), latents_std=std.tolist(), first_frame_psnr=psnr)
-    run.log(f"stats: latent std {std.min():.3f}..{std.max():.3f}; first-frame PSNR {psnr:.2f} dB")
+    check = Bucket(256, 448, 29, 4) if run.device.type == "cuda" else SMALL[0]
+    psnr = vae_psnr(vae, run, check)
+    run.record("stats", latents_mean=mean.tolist(), latents_std=std.tolist(), psnr_by_frame=psnr)
+    run.log(f"stats: latent std {std.min():.3f}..{std.max():.3f}; PSNR by frame {psnr}")
     return True
 
 
-def vae_psnr(vae, run: Run, height: int, width: int, count: int) -> float:
-    """Mean PSNR of first frames through the VAE (the Image2World conditioning path)."""
+def vae_psnr(vae, run: Run, bucket: Bucket) -> dict[int, float]:
+    """Mean PSNR through the VAE of the first, middle and last frame of whole clips: the first is the
+    Image2World conditioning path, the last shows whether the causal caches drift over a clip."""
     from cosmos_pipeline.metrics import psnr
 
-    scenes = toyworld.prompt_set(count, seed=99, split="any")
+    scenes = toyworld.prompt_set(bucket.batch, seed=99, split="any")
     with torch.no_grad():
-        video = toyworld.render(scenes, height, width, 1, device=run.device) * 2 - 1
+        video = toyworld.render(scenes, bucket.height, bucket.width, bucket.frames, device=run.device) * 2 - 1
         recon = vae.decode(vae.encode(video).latent_dist.mode()).sample.float()
     to_uint8 = lambda v: ((v.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu().numpy()  # noqa: E731
-    return float(np.mean([psnr(a, b) for a, b in zip(to_uint8(video), to_uint8(recon), strict=True)]))
+    original, decoded = to_uint8(video), to_uint8(recon)
+    frames = (0, bucket.frames // 2, bucket.frames - 1)
+    return {
+        t: round(float(np.mean([psnr(a[:, t], b[:, t]) for a, b in zip(original, decoded, strict=True)])), 2)
+        for t in frames
+    }
 
 
 class Encoders:
