@@ -114,6 +114,12 @@ def native_source(key: "PipelineKey") -> tuple[str, str, str | None] | None:
     return (checkpoint, *model_location(base, revision))
 
 
+def import_pipeline_code() -> None:
+    """Import diffusers' Cosmos pipeline (seconds of CPU) now, for callers that can overlap it with other
+    waiting, such as the command line while its temporary Prefect server starts."""
+    from diffusers import Cosmos2_5_PredictBasePipeline  # noqa: F401
+
+
 def load_pipeline(key: PipelineKey):
     from diffusers import Cosmos2_5_PredictBasePipeline
     from diffusers.utils import logging as diffusers_logging

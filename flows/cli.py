@@ -80,19 +80,38 @@ def print_runs(settings, flow_run_id: str) -> None:
 
 
 def start_server():
-    """A temporary Prefect server when none is configured (started now, waited for later), else None."""
+    """A temporary Prefect server when none is configured (started now, waited for later), else None.
+
+    Its address goes into the environment at once: Prefect reads its settings when first imported, and the
+    imports should overlap the server's start."""
     for key, value in PREFECT_DEFAULTS.items():
         os.environ.setdefault(key, value)
     if os.environ.get("PREFECT_API_URL"):
         return None
     from flows.server import TemporaryServer
 
-    return TemporaryServer()
+    server = TemporaryServer()
+    os.environ["PREFECT_API_URL"] = server.api_url
+    return server
+
+
+def prepare(settings) -> None:
+    """What the flow will need, done while the temporary server starts: Prefect, MLflow and its store, and
+    (when this process generates) diffusers' Cosmos pipeline code. Seconds each, overlapped, not added."""
+    import flows.generate  # noqa: F401  (Prefect and the tasks)
+    from tasks.spool import experiment_id, mlflow_client, server_reachable
+
+    if server_reachable(settings):
+        experiment_id(mlflow_client(settings), settings.experiment, settings)  # opens the store
+    if not settings.warm_workers:
+        from cosmos_pipeline.loading import import_pipeline_code
+
+        import_pipeline_code()
 
 
 def use_server(server) -> None:
     if server is not None:
-        os.environ["PREFECT_API_URL"] = server.wait()
+        server.wait()
 
 
 def stop_server(server) -> None:
@@ -145,6 +164,7 @@ def generate_command(argv: Sequence[str] | None = None) -> int:
             print(f"nothing to do: all {len(report.reused)} request(s) already have their output")
             return EXIT_OK
 
+        prepare(settings)
         use_server(server)
         from flows.generate import generate
 
