@@ -116,7 +116,12 @@ FULL = Config(
         seconds=170,
         lr=6e-4,
         ema=0.0,
-        buckets=(Bucket(256, 448, 29, 8, crop=(128, 224)), Bucket(128, 224, 29, 8)),
+        # and single frames, which Image2World's first frame (PSNR >= 25 dB) goes through alone
+        buckets=(
+            Bucket(256, 448, 29, 8, 0.4, crop=(128, 224)),
+            Bucket(128, 224, 29, 8, 0.3),
+            Bucket(256, 448, 1, 32, 0.3, crop=(128, 224)),
+        ),
     ),
     pretrain=Stage(seconds=450, lr=8e-4, buckets=TRANSFORMER_BUCKETS, bank_batches=320),
     posttrain=Stage(seconds=110, lr=3e-4, ema=0.998, buckets=TRANSFORMER_BUCKETS, bank_batches=120),
