@@ -48,7 +48,7 @@ from cosmos_pipeline.storage import exists
 from tasks.generate import STOPPING, GenerationStopped
 from tasks.run import run_generation
 from tasks.scrub import install_log_scrubber
-from tasks.track import GenerationRecord, Job, worker_name
+from tasks.track import GenerationRecord, Job, reused_record, worker_name
 
 HEARTBEAT_S = 5.0  # settings.warm_lost_after_s (>= 15 s: three beats) of silence means the worker is gone
 POLL_S = 2.0
@@ -177,21 +177,28 @@ def await_worker(future: PrefectDistributedFuture, settings: Settings) -> Genera
 
 
 def generate_on_warm_worker(job: Job) -> GenerationRecord:
-    """Hand the generation to a warm worker and wait; a lost worker's generation is submitted again."""
+    """Hand the generation to a warm worker and wait; a lost worker's generation is submitted again.
+
+    A worker taken for lost may only have been slow (a loaded host): if its output then appears with this
+    job's run id, that attempt finished, and its record is this generation's."""
     logger, name, retries = get_run_logger(), job.request.label, job.settings.warm_resubmissions
+    output = job.request.output_path
+    assert output is not None
     for attempt in range(retries + 1):
         future = generate_on_worker.delay(job)
         logger.info("%s: handed to a warm worker (task run %s)", name, future.task_run_id)
         try:
             return await_worker(future, job.settings)
-        except WorkerLostError as error:
-            if attempt == retries:
+        except Exception as error:
+            written = read_sidecar(output) if exists(output) else None
+            ours = written is not None and written.get("mlflow_run_id") == job.run_id
+            if attempt and ours and not isinstance(error, WorkerLostError):
+                logger.warning("%s: the worker taken for lost finished it after all: %s", name, output)
+                return reused_record(job.request)
+            if not isinstance(error, WorkerLostError) or attempt == retries:
                 raise
             logger.warning("%s: %s; submitting it again (%d of %d)", name, error, attempt + 1, retries)
-            output = job.request.output_path
-            assert output is not None
-            written = read_sidecar(output) if exists(output) else None
-            if written is not None and written.get("mlflow_run_id") == job.run_id:  # the lost attempt's own
+            if ours:  # the lost attempt wrote it before it went: this run's own output, replaced
                 job = replace(job, request=job.request.model_copy(update={"overwrite": True}))
     raise AssertionError("unreachable")
 

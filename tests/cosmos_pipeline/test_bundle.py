@@ -167,7 +167,7 @@ def test_unknown_keys_name_the_nearest_known_key_row_by_row(tmp_path):
     assert problems[1] == {} and rows[1].request is not None
     assert problems[2]["promt"] == "unknown key; did you mean `prompt`?" and "prompt" in problems[2]
     assert problems[2]["colour_grading"].startswith(
-        "unknown key; the keys are `cfg_parallel`, `chunk_overlap`"
+        "unknown key; the keys are `base_model_id`, `cfg_parallel`, `chunk_overlap`"
     )
     with pytest.raises(InputError, match=r"row 1: `negativ_prompt`: unknown key; did you mean"):
         resolve(tmp_path, input_path=str(bundle))

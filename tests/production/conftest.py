@@ -142,7 +142,7 @@ def stack(
         "COSMOS_POLICY__OUTPUT_ROOT": str(outputs),
         "COSMOS_OUTPUT_DIR": str(outputs),
         "COSMOS_GPU_SLOTS": "2",
-        "COSMOS_RETRIES": "1",
+        "COSMOS_WARM_RESUBMISSIONS": "1",
         "COSMOS_RETRY_DELAY_S": "0",
         "COSMOS_WARM_LOST_AFTER_S": "15",  # the least allowed: three missed beats
         "PREFECT_WORKER_QUERY_SECONDS": "1",  # pick triggered runs up sooner than the default 10 s
