@@ -21,9 +21,9 @@ from cosmos_pipeline.bundle import Row
 from cosmos_pipeline.settings import Settings
 from cosmos_pipeline.suites import DEFAULT_SUITE, EvaluationSuite, load_suite, suite_rows, variant_identity
 from tasks.compare import Case, compare_variants
+from tasks.dispatch import generate_tracked
 from tasks.report import captions, log_evaluation, read_cases
 from tasks.resolve import resolve_settings
-from tasks.run import generate_tracked
 from tasks.spool import sync_tracking_spool
 from tasks.track import open_run, record_rejected_batch, start_run
 from tasks.validate import validate_batch

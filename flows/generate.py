@@ -15,8 +15,8 @@ from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 from prefect.states import Failed, State
 
+from tasks.dispatch import generate_tracked
 from tasks.resolve import resolve_requests, resolve_settings
-from tasks.run import generate_tracked
 from tasks.spool import sync_tracking_spool
 from tasks.track import GenerationRecord, open_run, record_rejected_batch, reused_record
 from tasks.validate import advise, record_advisories, validate_batch
