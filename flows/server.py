@@ -20,6 +20,7 @@ import urllib.request
 from pathlib import Path
 
 STARTUP_TIMEOUT_S = 120.0  # a first start creates the database; a small machine takes a while
+STARTUP_FAILED, RESTARTS = 3, 3  # uvicorn's exit code when the app's start-up fails; tries again
 _PR_SET_PDEATHSIG = 1
 
 
@@ -41,6 +42,10 @@ class TemporaryServer:
     def __init__(self) -> None:
         self.port = _free_port()
         self.api_url = f"http://127.0.0.1:{self.port}/api"
+        self.restarts = 0
+        self.process = self._start()
+
+    def _start(self) -> subprocess.Popen:
         import importlib.util  # Prefect's location, without importing Prefect (seconds) here
 
         spec = importlib.util.find_spec("prefect")
@@ -57,7 +62,7 @@ class TemporaryServer:
             "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(self.port),
             "--log-level", "error", "--lifespan", "on",
         ]  # fmt: skip
-        self.process = subprocess.Popen(
+        return subprocess.Popen(
             command,
             env=env,
             stdin=subprocess.DEVNULL,
@@ -77,6 +82,13 @@ class TemporaryServer:
     def wait(self, timeout_s: float = STARTUP_TIMEOUT_S) -> str:
         deadline = time.monotonic() + timeout_s
         while not self.healthy():
+            if self.process.poll() == STARTUP_FAILED and self.restarts < RESTARTS:
+                # Another command's server was creating the same new database (as Prefect's own temporary
+                # server does on this exit code, start again).
+                self.restarts += 1
+                time.sleep(0.5 * self.restarts)
+                self.process = self._start()
+                continue
             if self.process.poll() is not None:
                 error = self.process.stderr.read().decode(errors="replace") if self.process.stderr else ""
                 raise RuntimeError(

@@ -57,9 +57,19 @@ PROBE_TIMEOUT_S = 3.0
 
 
 def mlflow_client(settings: Settings) -> MlflowClient:
+    """A client of the settings' store. Opening a new SQLite store creates and migrates its tables, which
+    MLflow does not guard: two processes doing it at once break each other (tables "already exist",
+    migrations find no row). So the first opening of a SQLite store holds a lock beside the database."""
     for key, value in HTTP_DEFAULTS.items():
         os.environ.setdefault(key, value)
-    return MlflowClient(tracking_uri=settings.tracking_uri)
+    uri = settings.tracking_uri
+    if not uri.startswith("sqlite:///"):
+        return MlflowClient(tracking_uri=uri)
+    database = Path(uri.removeprefix("sqlite:///"))
+    database.parent.mkdir(parents=True, exist_ok=True)
+    with open(database.with_name(database.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or its process dies
+        return MlflowClient(tracking_uri=uri)
 
 
 def experiment_id(client: MlflowClient, name: str, settings: Settings) -> str:
