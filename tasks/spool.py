@@ -432,8 +432,8 @@ def _replay(client: MlflowClient, settings: Settings, journal: Journal, ids: dic
 
 def _fix_output_sidecar(ops: list[dict[str, Any]], local: str, real: str) -> None:
     """The sidecar beside the output, if it recorded the local id (the output outlives the spool)."""
-    for op in ops:
-        output = op.get("tags", {}).get("output_path") if op["op"] == "log" else None
+    for op in ops:  # the tag is set when the run is created, or logged later
+        output = op.get("tags", {}).get("output_path") if op["op"] in ("create", "log") else None
         if output:
             _fix_sidecar_copy(sidecar_path(Path(output)), local, real)
 
