@@ -79,10 +79,9 @@ class URI(str):
     def is_under(self, root: "URI") -> bool:
         """Same scheme and bucket, and the key starts with all of the root's key segments."""
         prefix = [segment for segment in root.key.split("/") if segment]
-        return (
-            (self.scheme, self.bucket) == (root.scheme, root.bucket)
-            and self.key.split("/")[: len(prefix)] == prefix
-        )
+        return (self.scheme, self.bucket) == (root.scheme, root.bucket) and self.key.split("/")[
+            : len(prefix)
+        ] == prefix
 
 
 def is_uri(value: object) -> bool:

@@ -120,4 +120,3 @@ def load_suite(path: Path, policy: Policy) -> EvaluationSuite:
         except InputError as error:
             raise InputError(f"{error}, or in configs/") from None
     return EvaluationSuite.load(path)
-

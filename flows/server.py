@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -30,19 +31,26 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def _bound_socket() -> socket.socket:
+    """A loopback port held from now on: a port merely found free could be taken by another command's
+    server before this one binds it (it binds only after its start-up), and the health check would then
+    answer for the wrong server."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.set_inheritable(True)
+    return sock
 
 
 class TemporaryServer:
     """Started at construction; `wait()` returns its API URL once healthy; `stop()` ends it."""
 
     def __init__(self) -> None:
-        self.port = _free_port()
+        self.socket = _bound_socket()  # uvicorn serves on it (`--fd`), restarts included
+        self.port = self.socket.getsockname()[1]
         self.api_url = f"http://127.0.0.1:{self.port}/api"
         self.restarts = 0
+        # Its errors go to a file: a pipe nobody reads while it runs would block it once full.
+        self.log = tempfile.TemporaryFile()
         self.process = self._start()
 
     def _start(self) -> subprocess.Popen:
@@ -59,7 +67,7 @@ class TemporaryServer:
         }
         command = [
             sys.executable, "-m", "uvicorn", "--app-dir", app_dir, "--factory",
-            "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(self.port),
+            "prefect.server.api.server:create_app", "--fd", str(self.socket.fileno()),
             "--log-level", "error", "--lifespan", "on",
         ]  # fmt: skip
         return subprocess.Popen(
@@ -67,7 +75,8 @@ class TemporaryServer:
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
+            stderr=self.log,
+            pass_fds=(self.socket.fileno(),),
             start_new_session=True,  # Ctrl-C in the terminal reaches the command, not its server
             preexec_fn=_die_with_parent,
         )
@@ -90,9 +99,8 @@ class TemporaryServer:
                 self.process = self._start()
                 continue
             if self.process.poll() is not None:
-                error = self.process.stderr.read().decode(errors="replace") if self.process.stderr else ""
                 raise RuntimeError(
-                    f"the temporary Prefect server exited ({self.process.returncode}): {error[-2000:]}"
+                    f"the temporary Prefect server exited ({self.process.returncode}): {self.errors()}"
                 )
             if time.monotonic() > deadline:
                 self.stop()
@@ -103,6 +111,10 @@ class TemporaryServer:
             time.sleep(0.05)
         return self.api_url
 
+    def errors(self) -> str:
+        self.log.seek(0)
+        return self.log.read().decode(errors="replace")[-2000:]
+
     def stop(self) -> None:
         if self.process.poll() is None:
             self.process.terminate()
@@ -111,3 +123,4 @@ class TemporaryServer:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        self.socket.close()

@@ -9,6 +9,7 @@ generates, and a long-lived process (a warm worker) keeps it warm. Callers get a
 import json
 import logging
 import multiprocessing
+import signal
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -34,6 +35,9 @@ class Failure:
 
 
 def _import_gx() -> None:
+    # Ctrl-C and SIGTERM reach the helper with its process group; the parent decides when it stops (`stop`).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     import great_expectations  # noqa: F401  (the slow part, done before the first table arrives)
 
     # No "temporary directory for ephemeral docs site" line per context.
@@ -47,6 +51,14 @@ def start() -> ProcessPoolExecutor:
         context = multiprocessing.get_context("spawn")  # no fork of a process that runs threads
         _POOL = ProcessPoolExecutor(max_workers=1, mp_context=context, initializer=_import_gx)
     return _POOL
+
+
+def stop() -> None:
+    """End the helper process, if one was started (a long-lived process on its way out)."""
+    global _POOL
+    if _POOL is not None:
+        _POOL.shutdown(cancel_futures=True)
+        _POOL = None
 
 
 def load_suite(name: str) -> dict[str, Any]:
