@@ -116,7 +116,8 @@ def use_server(server) -> None:
 
 def stop_server(server) -> None:
     """Send Prefect's queued logs and events while the server still listens (they would otherwise retry
-    against a stopped server for a minute at exit), then stop it."""
+    against a stopped server for a minute at exit), then stop it and take its address back out of the
+    environment (a later command in this process, or a process it starts, must not reach a stopped one)."""
     if server is None:
         return
     if "prefect" in sys.modules:
@@ -126,6 +127,8 @@ def stop_server(server) -> None:
         for service in (APILogWorker, EventsWorker):
             service.drain_all(timeout=5)
     server.stop()
+    if os.environ.get("PREFECT_API_URL") == server.api_url:
+        del os.environ["PREFECT_API_URL"]
 
 
 def failure(state) -> tuple[str, int]:

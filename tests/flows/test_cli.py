@@ -79,7 +79,10 @@ def test_bad_input_exits_2_before_loading_and_writes_nothing(tmp_path, capsys, n
     make_args, message = BAD_INPUTS[case]
     args = make_args(tmp_path)
     before = sorted(p.name for p in tmp_path.rglob("*"))
+    api_url = os.environ.get("PREFECT_API_URL")
     assert flows_cli.run([*TINY_ARGS, *args]) == cli.EXIT_INPUT
+    # The stopped temporary server's address does not stay behind for later commands and their children.
+    assert os.environ.get("PREFECT_API_URL") == api_url
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "Traceback" not in err
     assert re.search(message, err), err
