@@ -182,6 +182,16 @@ class Problem:
     field: str
     message: str
 
+    def __post_init__(self) -> None:
+        # A key or name as the user wrote it, control characters included, would break the report's lines.
+        self.field = printable(self.field)
+        self.name = None if self.name is None else printable(str(self.name))
+
+
+def printable(text: str) -> str:
+    """`text`, with any newline or other unprintable character written as its escape (`\\n`)."""
+    return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
+
 
 @dataclass
 class Row:

@@ -21,11 +21,11 @@ from pathlib import Path
 import imageio_ffmpeg
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from cosmos_pipeline.bundle import BUNDLE_KEYS
+from cosmos_pipeline.bundle import BUNDLE_KEYS, printable
 from cosmos_pipeline.errors import InputError
 from cosmos_pipeline.media import MIN_INPUT_SIDE, check_media, read_image, read_video, write_video
 from cosmos_pipeline.policy import Policy, check_media_size
@@ -355,6 +355,7 @@ def _finite(value: object) -> bool:
     ),
     media=st.none() | st.sampled_from(MEDIA),
 )
+@example(extra={"\n\n": None}, media=None)  # found by this test: a key of newlines broke the report's lines
 def test_any_bundle_gives_valid_requests_or_names_what_is_wrong(tmp_path_factory, media_folder, extra, media):
     folder = tmp_path_factory.mktemp("bundle")
     entry = {"prompt": "a robot arm stacks boxes", "num_output_frames": 9, **extra}
@@ -372,7 +373,7 @@ def test_any_bundle_gives_valid_requests_or_names_what_is_wrong(tmp_path_factory
         refused(error)
         event("refused")
         for key in unknown:
-            assert f"`{key}`: unknown key" in str(error)
+            assert f"`{printable(key)}`: unknown key" in str(error)
         if non_finite and not unknown:
             assert "finite number" in str(error)
         return
