@@ -55,15 +55,9 @@ def prefect_api():
         # In the environment too: a command run in-process (or a process a test starts) uses this server
         # instead of starting a temporary one (seconds each); a test of the temporary server removes it.
         url = PREFECT_API_URL.value()
-        previous = os.environ.get("PREFECT_API_URL")
-        os.environ["PREFECT_API_URL"] = url
-        try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv("PREFECT_API_URL", url)
             yield url
-        finally:
-            if previous is None:
-                os.environ.pop("PREFECT_API_URL", None)
-            else:
-                os.environ["PREFECT_API_URL"] = previous
 
 
 @pytest.fixture(scope="session")

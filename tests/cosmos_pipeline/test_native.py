@@ -321,7 +321,9 @@ def test_distilled_text2world_on_the_embedded_pipeline(base):
 
 @pytest.mark.usefixtures("prefect_api")
 @pytest.mark.parametrize("form", ["model.pt", "dcp"])
-def test_a_native_checkpoint_is_a_model_id_on_the_command_line(checkpoints, form, tmp_path, tracked) -> None:
+def test_a_native_checkpoint_is_a_model_id_on_the_command_line(
+    checkpoints, form, tmp_path, tracked, monkeypatch
+) -> None:
     """`--model_id <.pt | DCP folder> --base_model_id embedded:tiny` through the whole command: the same
     video as the embedded post-trained model it was built from; `--revision distilled` samples in 4 steps."""
     from cosmos_pipeline.media import read_video
@@ -329,29 +331,22 @@ def test_a_native_checkpoint_is_a_model_id_on_the_command_line(checkpoints, form
     from flows import cli
     from tests.conftest import TINY_ARGS
 
-    env = {"COSMOS_TRACKING_URI": tracked["tracking_uri"], "COSMOS_ARTIFACT_ROOT": tracked["artifact_root"]}
-    os.environ.update(env)
-    try:
-        args = [
-            *TINY_ARGS,
-            "--prompt",
-            "a red ball rolls to the left",
-            "--num_output_frames",
-            "5",
-            "--seed",
-            "4",
-        ]
-        outputs = {name: tmp_path / f"{name}.mp4" for name in ("embedded", "native", "distilled")}
-        assert cli.run([*args, "--output_path", str(outputs["embedded"])]) == 0
-        native_args = [*args, "--model_id", str(checkpoints[form]), "--base_model_id", "embedded:tiny"]
-        assert cli.run([*native_args, "--output_path", str(outputs["native"])]) == 0
-        assert (
-            cli.run([*native_args, "--revision", "distilled", "--output_path", str(outputs["distilled"])])
-            == 0
-        )
-    finally:
-        for key in env:
-            os.environ.pop(key)
+    monkeypatch.setenv("COSMOS_TRACKING_URI", tracked["tracking_uri"])
+    monkeypatch.setenv("COSMOS_ARTIFACT_ROOT", tracked["artifact_root"])
+    args = [
+        *TINY_ARGS,
+        "--prompt",
+        "a red ball rolls to the left",
+        "--num_output_frames",
+        "5",
+        "--seed",
+        "4",
+    ]
+    outputs = {name: tmp_path / f"{name}.mp4" for name in ("embedded", "native", "distilled")}
+    assert cli.run([*args, "--output_path", str(outputs["embedded"])]) == 0
+    native_args = [*args, "--model_id", str(checkpoints[form]), "--base_model_id", "embedded:tiny"]
+    assert cli.run([*native_args, "--output_path", str(outputs["native"])]) == 0
+    assert cli.run([*native_args, "--revision", "distilled", "--output_path", str(outputs["distilled"])]) == 0
     np.testing.assert_array_equal(read_video(outputs["native"]), read_video(outputs["embedded"]))
     assert read_sidecar(outputs["distilled"])["forwards"] == 4
     assert not np.array_equal(read_video(outputs["distilled"]), read_video(outputs["embedded"]))

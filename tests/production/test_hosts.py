@@ -198,14 +198,10 @@ def hosts(
 @pytest.fixture(scope="module", autouse=True)
 def aws_environment(object_store: ObjectStore) -> Iterator[None]:
     """This process reads the bucket and the MLflow artifacts stored there like a host does."""
-    saved = {key: os.environ.get(key) for key in object_store.env}
-    os.environ.update(object_store.env)
-    yield
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in object_store.env.items():
+            patch.setenv(key, value)
+        yield
 
 
 def test_a_batch_is_served_by_both_hosts_through_the_bucket(hosts: Hosts) -> None:
