@@ -153,6 +153,11 @@ class Settings(BaseSettings):
     warm_resubmissions: int = Field(
         default=2, ge=0, description="times a lost worker's generation goes to another"
     )
+    keep_alive_s: float = Field(
+        default=300.0,
+        ge=0,
+        description="cosmos-generate's warm process stays this long after a call, model loaded (0: none)",
+    )
     spool_dir: Path | None = Field(
         default=None, description="runs the tracking server could not take; unset: <output_dir>/.mlflow-spool"
     )

@@ -23,6 +23,7 @@ from typing import NoReturn
 EXIT_INTERRUPTED = {signal.SIGINT: 130, signal.SIGTERM: 143}  # 128 + the signal, as shells report it
 # Before Prefect is imported: no telemetry attempts offline. An explicit environment wins.
 PREFECT_DEFAULTS = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+IN_WARM_PROCESS = False  # set by `flows.daemon` in the warm process, which runs the calls handed to it
 
 
 class Interrupted(KeyboardInterrupt):
@@ -169,31 +170,33 @@ def failure(state) -> tuple[str, int]:
 
 
 def generate_command(argv: Sequence[str] | None = None) -> int:
+    from cosmos_pipeline.batch import check_batch
     from cosmos_pipeline.cli import EXIT_INPUT, EXIT_OK, acceleration_options, parse_args, split_run_options
+    from cosmos_pipeline.errors import InputError
+    from cosmos_pipeline.settings import load_settings, request_rows
 
     values, skip_existing, keep_going = split_run_options(parse_args(argv))
+    profile = values.pop("profile", None)  # else COSMOS_PROFILE
+    acceleration = acceleration_options(values)  # None: the profile's (or the default mode)
+    explicit = {} if acceleration is None else {"acceleration": acceleration.model_dump(mode="json")}
+    try:
+        settings = load_settings(profile, **explicit)
+        report = check_batch(request_rows(values, settings), settings.policy, skip_existing)
+    except InputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_INPUT
+    if not report.ok:
+        print(f"error: {report.summary()}", file=sys.stderr)
+        return EXIT_INPUT
+    if not report.requests:
+        print(f"nothing to do: all {len(report.reused)} request(s) already have their output")
+        return EXIT_OK
+    handed = hand_over("generate", argv, settings.keep_alive_s)
+    if handed is not None:
+        return handed
+
     server = start_server()
     try:
-        from cosmos_pipeline.batch import check_batch
-        from cosmos_pipeline.errors import InputError
-        from cosmos_pipeline.settings import load_settings, request_rows
-
-        profile = values.pop("profile", None)  # else COSMOS_PROFILE
-        acceleration = acceleration_options(values)  # None: the profile's (or the default mode)
-        explicit = {} if acceleration is None else {"acceleration": acceleration.model_dump(mode="json")}
-        try:
-            settings = load_settings(profile, **explicit)
-            report = check_batch(request_rows(values, settings), settings.policy, skip_existing)
-        except InputError as error:
-            print(f"error: {error}", file=sys.stderr)
-            return EXIT_INPUT
-        if not report.ok:
-            print(f"error: {report.summary()}", file=sys.stderr)
-            return EXIT_INPUT
-        if not report.requests:
-            print(f"nothing to do: all {len(report.reused)} request(s) already have their output")
-            return EXIT_OK
-
         prepare(settings)
         use_server(server)
         from flows.generate import generate
@@ -217,6 +220,16 @@ def generate_command(argv: Sequence[str] | None = None) -> int:
         return code
     finally:
         stop_server(server)
+
+
+def hand_over(command: str, argv: Sequence[str] | None, keep_alive_s: float) -> int | None:
+    """The call's exit code from the warm process (`flows.daemon`), or None: run it here (keep-alive off,
+    this is the warm process, or it cannot take the call)."""
+    if keep_alive_s <= 0 or IN_WARM_PROCESS:
+        return None
+    from flows import daemon
+
+    return daemon.hand_over(command, sys.argv[1:] if argv is None else list(argv), keep_alive_s)
 
 
 def run(argv: Sequence[str] | None = None) -> int:
@@ -249,11 +262,14 @@ def evaluate_command(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--suite", default=DEFAULT_SUITE, help="suite file (default: %(default)s)")
     parser.add_argument("--profile", help="settings profile (configs/<profile>.toml)")
     args = parser.parse_args(argv)
+    settings = profile_settings(args.profile)
+    if settings is None:
+        return EXIT_INPUT
+    handed = hand_over("evaluate", argv, settings.keep_alive_s)
+    if handed is not None:
+        return handed
     server = start_server()
     try:
-        settings = profile_settings(args.profile)
-        if settings is None:
-            return EXIT_INPUT
         use_server(server)
         from flows.evaluate import evaluate
         from tasks.report import ui_address, ui_hint

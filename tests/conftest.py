@@ -20,6 +20,9 @@ os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 os.environ.pop("MLFLOW_TRACKING_URI", None)  # tests never write to a developer's store
 for key in [key for key in os.environ if key.startswith("COSMOS_") and key != "COSMOS_CACHE_DIR"]:
     del os.environ[key]
+# Commands that tests start do everything in their own process; tests/flows/test_daemon.py turns the warm
+# process on for the commands it starts.
+os.environ["COSMOS_KEEP_ALIVE_S"] = "0"
 
 REPO = Path(__file__).resolve().parents[1]
 ASSETS = REPO / "assets"
