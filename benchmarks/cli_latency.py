@@ -2,14 +2,17 @@
 
     python benchmarks/cli_latency.py [--runs 5] [--out benchmarks/results/cli_latency.json]
 
-Three figures, each the median of `--runs` runs, on the embedded model (256p, 5 frames, 2 steps, float32):
+Figures, each the median of `--runs` runs, on the embedded model (256p, 5 frames, 2 steps, float32):
 - `cli_no_server`: `cosmos-generate` wall time minus the generation's own total (the sidecar's
-  `timings.total_s`), with no PREFECT_API_URL: the command starts its temporary Prefect server.
+  `timings.total_s`), with no PREFECT_API_URL, as a user runs it: the call goes to the warm process
+  (`flows.daemon`), which a first call (`first_call`, not in the median) started with its Prefect server.
 - `cli_with_server`: the same with PREFECT_API_URL pointing at a running `prefect server start`.
+- `cli_in_process`: the same as `cli_no_server` with COSMOS_KEEP_ALIVE_S=0: the command imports everything and
+  starts a temporary Prefect server itself, every call (what every call cost before the warm process).
 - `warm_handoff`: a triggered `generate` deployment served by a warm worker (the stack, `scripts/stack.py`):
   from the flow-run process's start (its Prefect `Running` state) to the warm worker's task run starting.
-Both CLI variants run in turn (A B A B ...) so that the machine's drift affects them alike. Timings are noisy
-on a shared machine: the script records min, median and max; nothing here is a pass/fail test.
+The CLI variants run in turn (A B C A B C ...) so that the machine's drift affects them alike. Timings are
+noisy on a shared machine: the script records min, median and max; nothing here is a pass/fail test.
 """
 
 import argparse
@@ -71,7 +74,9 @@ def measure_cli(runs: int, folder: Path) -> dict:
     env = {
         key: value for key, value in os.environ.items() if not key.startswith(("PREFECT_API_URL", "COSMOS_"))
     }
-    env |= {"COSMOS_TRACKING_URI": f"sqlite:///{folder / 'mlflow.db'}",
+    runtime = folder / "runtime"  # its own warm processes, stopped at the end
+    runtime.mkdir(mode=0o700)
+    env |= {"COSMOS_TRACKING_URI": f"sqlite:///{folder / 'mlflow.db'}", "XDG_RUNTIME_DIR": str(runtime),
             "COSMOS_ARTIFACT_ROOT": str(folder / "art"), "PREFECT_HOME": str(folder / "prefect")}  # fmt: skip
     port = free_port()
     server = subprocess.Popen(
@@ -80,17 +85,29 @@ def measure_cli(runs: int, folder: Path) -> dict:
     )  # fmt: skip
     try:
         wait_http(f"http://127.0.0.1:{port}/api/health")
-        with_server = env | {"PREFECT_API_URL": f"http://127.0.0.1:{port}/api"}
-        cli_overhead(env, folder, -1)  # warm-up: the first temporary server creates its database
-        results: dict[str, list[dict[str, float]]] = {"cli_no_server": [], "cli_with_server": []}
+        variants = {
+            "cli_no_server": env,
+            "cli_with_server": env | {"PREFECT_API_URL": f"http://127.0.0.1:{port}/api"},
+            "cli_in_process": env | {"COSMOS_KEEP_ALIVE_S": "0"},
+        }
+        # The first calls: the temporary server creates its database; each warm process starts.
+        first = {
+            name: cli_overhead(variant, folder, -1 - n) for n, (name, variant) in enumerate(variants.items())
+        }
+        results: dict[str, list[dict[str, float]]] = {name: [] for name in variants}
         for index in range(runs):
-            results["cli_no_server"].append(cli_overhead(env, folder, 2 * index))
-            results["cli_with_server"].append(cli_overhead(with_server, folder, 2 * index + 1))
+            for n, (name, variant) in enumerate(variants.items()):
+                results[name].append(cli_overhead(variant, folder, len(variants) * index + n))
     finally:
+        subprocess.run([str(BIN / "cosmos-warm"), "stop"], env=env, capture_output=True, timeout=60)
         server.terminate()
         server.wait(timeout=30)
     return {
-        name: {"runs": values, **{key: summary([v[key] for v in values]) for key in ("overhead_s", "wall_s")}}
+        name: {
+            "first_call": first[name],
+            "runs": values,
+            **{key: summary([v[key] for v in values]) for key in ("overhead_s", "wall_s")},
+        }
         for name, values in results.items()
     }
 
@@ -154,7 +171,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "cli_latency.json")
-    parser.add_argument("--skip-warm", action="store_true", help="only the two command-line figures")
+    parser.add_argument("--skip-warm", action="store_true", help="only the command-line figures")
     args = parser.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="cosmos-latency-"))
     try:
@@ -165,7 +182,9 @@ def main() -> None:
         shutil.rmtree(folder, ignore_errors=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
-    shown = {name: result[name]["overhead_s"] for name in ("cli_no_server", "cli_with_server")}
+    shown = {
+        name: result[name]["overhead_s"] for name in ("cli_no_server", "cli_with_server", "cli_in_process")
+    }
     if "warm_handoff" in result:
         shown["warm_handoff"] = result["warm_handoff"]["handoff_s"]
     for name, figures in shown.items():
