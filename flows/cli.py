@@ -1,10 +1,12 @@
 """`cosmos-generate`: the command line, run as the `generate` Prefect flow with MLflow tracking.
 `cosmos-evaluate`: an evaluation suite as an `evaluate-variants` flow run. `cosmos-sync`: spooled runs.
 
-The order is the latency budget: with no PREFECT_API_URL, a temporary Prefect server starts first, in its
-own session (`flows.server`), so it comes up while the flags are parsed and every request is checked
-(`cosmos_pipeline.batch`, the same check the flows run); bad input exits 2 at once, before Prefect,
-MLflow or the model are imported. Then the flow runs and the command prints where the MLflow runs are.
+The order is the latency budget: the flags are parsed and every request is checked first
+(`cosmos_pipeline.batch`, the same check the flows run), so bad input exits 2 at once, before Prefect,
+MLflow or the model are imported. Then the call goes to the warm process (`flows.daemon`), which has all
+of that imported and loaded; where there is none to use (keep-alive 0, or it is busy), the call runs here:
+a temporary Prefect server starts when no PREFECT_API_URL names one, in its own session (`flows.server`),
+while the libraries are imported, then the flow runs and the command prints where the MLflow runs are.
 
 Ctrl-C or SIGTERM at any point ends the call cleanly: the generation stops at the next step, nothing is
 half-written, the GPU's slot is free, the MLflow run is KILLED (`interrupted`), the temporary server
