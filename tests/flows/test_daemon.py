@@ -128,7 +128,9 @@ def test_ctrl_c_and_a_killed_caller_stop_the_run_and_a_busy_one_runs_here(warm: 
             pytest.fail("the generation never started:\n" + "".join(seen))
         if signum == signal.SIGINT:  # meanwhile another call, from this process: busy, so it runs here
             with pytest.MonkeyPatch.context() as patch:
-                patch.chdir(warm["folder"])
+                patch.chdir(warm["folder"])  # the same directory and environment: the same warm process
+                for key in set(os.environ) - set(env):
+                    patch.delenv(key)
                 for key, value in env.items():
                     patch.setenv(key, value)
                 assert cli.run([*FAST, "--prompt", "a busy day", "--output_path", "busy.mp4"]) == 0
