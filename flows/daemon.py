@@ -255,6 +255,8 @@ def _serve_call(conn: socket.socket, state: _State, commands: Commands) -> float
             code = commands[message["command"]](message["argv"])
         except KeyboardInterrupt:  # a signal forwarded as the command was returning
             code = 130
+        except SystemExit as done:  # argparse and friends end a command this way
+            code = done.code if isinstance(done.code, int) else (0 if done.code is None else EXIT_FAILURE)
         except BaseException:  # noqa: BLE001  (the caller gets the traceback and a failure; this process stays)
             traceback.print_exc()
             code = EXIT_FAILURE
