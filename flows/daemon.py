@@ -12,9 +12,10 @@ run, exactly as in-process. Ctrl-C and SIGTERM are forwarded, so the run stops a
 run KILLED, nothing half-written, exit 130/143); a caller that dies outright stops its run the same way. A
 warm process busy with another call answers `busy`, and that call runs in its own process.
 
-A warm process ends after `keep_alive_s` without calls, when the code it runs changes on disk, or on SIGTERM
-(`cosmos-warm stop`), stopping its Prefect server and GX helper. Its socket, lock, log and a status file live
-in a folder only its user can open (`runtime_dir`).
+A warm process ends after `keep_alive_s` without calls, when the code it runs changes on disk, or on
+`cosmos-warm stop` (SIGTERM, which also stops a call in progress as Ctrl-C would), stopping its Prefect
+server and GX helper. Its socket, lock, log and a status file live in a folder only its user can open
+(`runtime_dir`).
 """
 
 import argparse
@@ -310,7 +311,8 @@ def serve(path: Path, keep_alive_s: float) -> None:
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(str(path))
     listener.listen(16)
-    status = path.with_suffix(".json")
+    status, stop = path.with_suffix(".json"), path.with_suffix(".stop")
+    stop.unlink(missing_ok=True)
     info = {"pid": os.getpid(), "cwd": os.getcwd(), "started": time.time(), "keep_alive_s": keep_alive_s}
     status.write_text(json.dumps(info))
     calls: queue.Queue[socket.socket] = queue.Queue()
@@ -329,7 +331,7 @@ def serve(path: Path, keep_alive_s: float) -> None:
         idle_since = time.monotonic()
         while True:
             remaining = keep_alive_s - (time.monotonic() - idle_since)
-            if remaining <= 0 or code_key() != started_code:
+            if remaining <= 0 or code_key() != started_code or stop.exists():
                 break
             try:
                 conn = calls.get(timeout=min(remaining, STALE_CHECK_S))
@@ -352,6 +354,7 @@ def serve(path: Path, keep_alive_s: float) -> None:
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
         status.unlink(missing_ok=True)
+        stop.unlink(missing_ok=True)
         while not calls.empty():  # callers queued as it ended run themselves
             calls.get_nowait().close()
         cli.stop_server(server)
@@ -395,7 +398,8 @@ def warm_main(argv: Sequence[str] | None = None) -> None:
     if not processes:
         print("no warm process")
     for info in processes:
-        if args.action == "stop":
+        if args.action == "stop":  # SIGTERM ends an idle one; one in a call stops the call, then ends
+            runtime_dir().joinpath(f"{info['key']}.stop").touch()
             with contextlib.suppress(ProcessLookupError):
                 os.kill(info["pid"], signal.SIGTERM)
             print(f"stopped pid {info['pid']} ({info['cwd']})")
