@@ -61,10 +61,11 @@ def prompt_sets(args: argparse.Namespace) -> dict[str, list[toyworld.Scene]]:
 
 
 def run_case(
-    case: Case, scenes: list, args: argparse.Namespace, cache: PipelineCache, media: Path
+    case: Case, scenes: list, args: argparse.Namespace, cache: PipelineCache, media: Path, first: int = 0
 ) -> list[dict]:
+    """`scenes` are the set's prompts from index `first` on (the index is the sample's seed)."""
     rows = []
-    for index, scene in enumerate(scenes):
+    for index, scene in enumerate(scenes, start=first):
         input_path = None
         if case.prompts == "image":  # the scene's first frame, rendered, is the input image
             input_path = media / f"{case.prompts}-{index}.png"
@@ -79,7 +80,7 @@ def run_case(
             num_inference_steps=args.steps,
             guidance_scale=case.guidance,
             seed=index,
-            device="cpu",
+            device=args.device,
             dtype="float32",
             **model(args, case.revision),
         )
@@ -152,14 +153,28 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     parser.add_argument(
         "--model_root", type=Path, default=None, help="exported folders instead of embedded:tiny"
     )
+    parser.add_argument(
+        "--device", default="cpu", help="where to generate (cuda: the same float32 pipeline, faster)"
+    )
+    parser.add_argument(
+        "--interleave",
+        action="store_true",
+        help="prompt by prompt across the cases: a run stopped early still covers every case",
+    )
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     sets = prompt_sets(args)
+    cases = [case for case in CASES if args.cases is None or case.name in args.cases]
     cache = PipelineCache(capacity=2)
     rows = []
     with tempfile.TemporaryDirectory() as media:
-        for case in CASES:
-            if args.cases is None or case.name in args.cases:
+        if args.interleave:
+            for index in range(max(len(scenes) for scenes in sets.values())):
+                for case in cases:
+                    scenes = sets[case.prompts][index : index + 1]
+                    rows += run_case(case, scenes, args, cache, Path(media), first=index)
+        else:
+            for case in cases:
                 rows += run_case(case, sets[case.prompts], args, cache, Path(media))
     summary = summarise(rows)
     print(markdown(summary))
@@ -168,7 +183,11 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
         (args.out / "samples.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
         (args.out / "summary.json").write_text(
             json.dumps(
-                {"args": vars(args) | {"model_root": str(args.model_root)}, "summary": summary}, indent=2
+                {
+                    "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+                    "summary": summary,
+                },
+                indent=2,
             )
             + "\n"
         )

@@ -10,7 +10,8 @@
 Stages, in order, each checkpointed (`<checkpoints>/state.json` says which are done):
   text       the tokenizer and the frozen text encoder (`tiny`), saved once: every machine then reads
              the same weights, whatever its transformers version would initialise
-  vae        reconstruction on short toy clips (MSE + L1, a small KL on the posterior)
+  vae        reconstruction of whole toy clips and single frames through the posterior mode (MSE + L1,
+             objects weighted, a small L2 on the latents)
   stats      per-channel mean/std of the VAE's latents: the pipeline's `latents_mean`/`latents_std`
   pretrain   the transformer on the general toy world (single objects, trained combinations only)
   posttrain  the pre-trained transformer on the target domain (two objects) mixed with general scenes
@@ -48,6 +49,7 @@ from cosmos_pipeline import tiny, toyworld  # noqa: E402
 
 STAGES = ("text", "vae", "stats", "pretrain", "posttrain", "lora")
 CONDITIONAL_FRAME_TIMESTEP = 0.0001  # the pipeline's default for conditioning frames
+FIT_MARGIN = 15.0  # seconds a fitted stage leaves before the deadline: the last steps, the EMA, the save
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2"]
 
 
@@ -85,11 +87,13 @@ class Config:
     conditioning: tuple[float, float, float] = (0.5, 0.25, 0.25)  # none / 1 / 2 conditioning latent frames
     continuation: float = 0.25  # share of clips cut from later in their scene (always conditioned)
     object_weight: float = 10.0  # extra loss weight where objects are: they are what a prompt names
+    vae_object_weight: float = 10.0  # the same for the VAE's reconstruction: colour lives in the objects
     domain_share: float = 0.5  # post-training: share of two-object scenes
     lora_share: float = 0.5  # LoRA: share of pink scenes
     lora_rank: int = 8
     checkpoint_every: float = 60.0  # seconds
     seconds_overrides: dict[str, float] = field(default_factory=dict)
+    fit: tuple[str, ...] = ()  # stages whose budget shrinks to end before the deadline (then kept on resume)
 
 
 def transformer_buckets(tokens: int, sizes: dict, frames: dict) -> tuple[Bucket, ...]:
@@ -148,6 +152,8 @@ class Run:
         self.state_path = self.dir / "state.json"
         self.state = json.loads(self.state_path.read_text()) if self.state_path.exists() else {"stages": {}}
         self.log_file = (self.dir / "train.log").open("a")
+        self.until = STAGES[-1]
+        self.started: dict[str, float] = {}  # stage -> time.monotonic() at its start (setup included)
 
     def log(self, message: str) -> None:
         line = f"[{time.strftime('%H:%M:%S')}] {message}"
@@ -223,6 +229,21 @@ def learning_rate(base: float, progress: float) -> float:
     return base * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, (progress - 0.03) / 0.97))))
 
 
+def reserve(run: Run, stage: str) -> float:
+    """Seconds the stages after `stage` (up to --until) will need: their budgets, and their setup
+    (encoders, bank) estimated from this stage's own, in proportion to their banks' sizes."""
+    spec: Stage = getattr(run.config, stage)
+    setup = time.monotonic() - run.started.get(stage, time.monotonic())
+    total = 0.0
+    for later in STAGES[STAGES.index(stage) + 1 : STAGES.index(run.until) + 1]:
+        other = getattr(run.config, later, None)
+        if not isinstance(other, Stage):
+            continue
+        share = other.bank_batches / spec.bank_batches if spec.bank_batches else 1.0
+        total += run.seconds(later) + setup * max(share, 0.25) + 10.0  # 10 s: loading, saving
+    return total
+
+
 def train_loop(
     run: Run, stage: str, model: torch.nn.Module, step_loss: Callable[[int], torch.Tensor]
 ) -> bool:
@@ -230,6 +251,13 @@ def train_loop(
     (True) or the deadline comes (False; resumable). Keeps an EMA of the weights when the stage asks."""
     spec: Stage = getattr(run.config, stage)
     budget = run.seconds(stage)
+    recorded = run.state["stages"].get(stage, {}).get("budget")
+    if recorded is not None and stage not in run.config.seconds_overrides:
+        budget = recorded  # a resumed stage keeps the budget it started with, a fitted one too
+    elif stage in run.config.fit:  # finish before the deadline, so that one call completes the stage
+        budget = max(1.0, min(budget, run.deadline - time.time() - FIT_MARGIN - reserve(run, stage)))
+    run.record(stage, budget=round(budget, 1))
+    run.log(f"{stage}: budget {budget:.0f} s")
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(
         params, lr=spec.lr, betas=(0.9, 0.99), weight_decay=0.01, fused=run.device.type == "cuda"
@@ -318,19 +346,27 @@ def stage_vae(run: Run) -> bool:
             for _ in range(bucket.batch)
         ]
         starts = [int(rng.integers(0, 30)) for _ in scenes]
-        video, _ = render_batch(scenes, starts, bucket, rng, run.device)
+        video, coverage = render_batch(scenes, starts, bucket, rng, run.device)
         with run.autocast():
-            posterior = vae.encode(video).latent_dist
-            generator = torch.Generator(run.device).manual_seed(step)
-            recon = vae.decode(posterior.sample(generator)).sample
-        error = recon.float() - video
-        kl = 0.5 * (posterior.mean.float() ** 2 + posterior.var.float() - 1 - posterior.logvar.float()).mean()
-        return (error**2).mean() + 0.1 * error.abs().mean() + 1e-4 * kl
+            return vae_loss(vae, video, coverage, run.config.vae_object_weight)
 
     finished = train_loop(run, "vae", vae, step_loss)
     if finished:
         vae.eval().save_pretrained(run.dir / "vae-raw")
     return finished
+
+
+def vae_loss(vae, video: torch.Tensor, coverage: torch.Tensor, object_weight: float) -> torch.Tensor:
+    """Reconstruction of `video` (B, 3, T, H, W) in [-1, 1] through the posterior's mode, as the pipeline
+    and the transformer's latents use it (MSE + L1, pixels weighted by 1 + object_weight * coverage),
+    and a small L2 on the latents that keeps their scale. Attempts 1-3 decoded posterior samples: the
+    posterior's std stayed near its initial 1 while the means spread 0.1-0.5, so the decoder saw more
+    noise than signal."""
+    posterior = vae.encode(video).latent_dist
+    error = vae.decode(posterior.mode()).sample.float() - video
+    weight = 1 + object_weight * coverage  # objects are a few % of the pixels
+    reconstruction = ((error**2 + 0.1 * error.abs()) * weight).sum() / (weight.sum() * error.shape[1])
+    return reconstruction + 1e-4 * posterior.mean.float().pow(2).mean()
 
 
 def stage_stats(run: Run) -> bool:
@@ -647,10 +683,12 @@ def train(run: Run, until: str = STAGES[-1]) -> bool:
         run.state["device"] = torch.cuda.get_device_name(run.device)
     else:
         run.state.setdefault("device", "cpu")
+    run.until = until
     for stage in STAGES[: STAGES.index(until) + 1]:
         if run.done(stage):
             continue
         run.log(f"{stage}: start")
+        run.started[stage] = time.monotonic()
         run.record(stage, device=run.state["device"])
         torch.manual_seed(run.config.seed)
         if not steps[stage](run):
@@ -671,12 +709,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--seconds", action="append", default=[], metavar="STAGE=SECONDS", help="a stage's budget"
     )
+    parser.add_argument(
+        "--fit",
+        action="append",
+        default=[],
+        choices=STAGES,
+        help="shrink this stage's budget so that it ends before --deadline (kept when resumed)",
+    )
     parser.add_argument("--export", type=Path, default=None, help="write the model folders here once trained")
     parser.add_argument("--until", choices=STAGES, default=STAGES[-1], help="the last stage to run")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes and a couple of steps (tests, CPU)")
     args = parser.parse_args(argv)
     overrides = {k: float(v) for k, v in (item.split("=", 1) for item in args.seconds)}
-    config = replace(SMOKE if args.smoke else FULL, seconds_overrides=overrides)
+    config = replace(SMOKE if args.smoke else FULL, seconds_overrides=overrides, fit=tuple(args.fit))
     deadline = time.time() + (args.deadline if args.deadline is not None else 1e9)
     run = Run(config, args.checkpoints, args.device, deadline)
     command = " ".join(["python scripts/train_toyworld.py", *(argv if argv is not None else sys.argv[1:])])
