@@ -414,6 +414,10 @@ def status(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    # Started as a background job (`make stack &`), this process inherits SIGINT ignored, and so would every
+    # service it starts; Prefect's workers stop gracefully on SIGTERM by sending themselves SIGINT, so they
+    # would not stop at all. Python's own handler here means the services start with the default.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     args = parse_args(argv)
     if args.command == "up":
         up(args)

@@ -8,6 +8,7 @@ test gets its own MLflow experiment and output folder.
 
 import os
 import re
+import signal
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,10 @@ for key in [key for key in os.environ if key.startswith("COSMOS_") and key != "C
 # Commands that tests start do everything in their own process; tests/flows/test_daemon.py turns the warm
 # process on for the commands it starts.
 os.environ["COSMOS_KEEP_ALIVE_S"] = "0"
+# Run as a background job (`make test &`), pytest inherits SIGINT ignored, and so would every process the
+# tests start: Ctrl-C tests and Prefect workers (which stop on SIGTERM by sending themselves SIGINT) would
+# hang. Python's own handler here means the processes they start begin with the default.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 REPO = Path(__file__).resolve().parents[1]
 ASSETS = REPO / "assets"
