@@ -9,7 +9,10 @@ generates, and a long-lived process (a warm worker) keeps it warm. Callers get a
 import json
 import logging
 import multiprocessing
+import os
 import signal
+import threading
+import time
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -34,10 +37,19 @@ class Failure:
     rows: list[int]
 
 
-def _import_gx() -> None:
+def _end_with(parent: int) -> None:
+    """In the helper: end once the parent is gone. A parent killed outright (SIGKILL, the OOM killer) never
+    calls `stop`, and the pool's queue, whose both ends the helper holds, would never tell it."""
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(0)
+
+
+def _import_gx(parent: int) -> None:
     # Ctrl-C and SIGTERM reach the helper with its process group; the parent decides when it stops (`stop`).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    threading.Thread(target=_end_with, args=(parent,), daemon=True).start()
     import great_expectations  # noqa: F401  (the slow part, done before the first table arrives)
 
     # No "temporary directory for ephemeral docs site" line per context.
@@ -49,7 +61,9 @@ def start() -> ProcessPoolExecutor:
     global _POOL
     if _POOL is None:
         context = multiprocessing.get_context("spawn")  # no fork of a process that runs threads
-        _POOL = ProcessPoolExecutor(max_workers=1, mp_context=context, initializer=_import_gx)
+        _POOL = ProcessPoolExecutor(
+            max_workers=1, mp_context=context, initializer=_import_gx, initargs=(os.getpid(),)
+        )
     return _POOL
 
 
