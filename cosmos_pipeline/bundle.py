@@ -150,20 +150,37 @@ def _take_text(layer: dict[str, Any], key: str, policy: Policy) -> str | None:
     return None if path is None else _read_text_file(path, f"{key}_path", policy)
 
 
-def merge(cli: Mapping[str, Any], entry: Mapping[str, Any], policy: Policy = LOCAL_POLICY) -> dict[str, Any]:
-    """CLI values over bundle values. A prompt and its file count as one source per layer."""
-    cli_fields, bundle_fields = normalise(cli), normalise(entry)
+def merge(
+    cli: Mapping[str, Any], entry: Mapping[str, Any], policy: Policy = LOCAL_POLICY
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """CLI values over bundle values, and what was wrong on the way (field -> message: an unknown resolution,
+    a prompt file that cannot be read, a non-text prompt), so that a row's report names every problem. A
+    prompt and its file count as one source per layer."""
+    problems: dict[str, str] = {}
+    layers = []
+    for layer in (cli, entry):
+        try:
+            layers.append(normalise(layer))
+        except InputError as error:  # the only one `normalise` raises: an unknown resolution
+            problems["resolution"] = str(error)
+            layers.append(normalise({key: value for key, value in layer.items() if key != "resolution"}))
+    cli_fields, bundle_fields = layers
     for key in TEXT_KEYS:
-        cli_text = _take_text(cli_fields, key, policy)
-        bundle_text = _take_text(bundle_fields, key, policy)
-        text = cli_text if cli_text is not None else bundle_text
+        texts = []
+        for fields in (cli_fields, bundle_fields):
+            try:
+                texts.append(_take_text(fields, key, policy))
+            except InputError as error:
+                problems.setdefault(key, str(error))
+                texts.append(None)
+        text = next((text for text in texts if text is not None), None)
         if text is not None:
             cli_fields[key] = text
     media = cli_fields.pop("override_visual_input", None)
     merged = {**bundle_fields, **cli_fields}
     if media is not None:
         merged["input_path"] = media
-    return merged
+    return merged, problems
 
 
 def default_output_path(fields: Mapping[str, Any], output_dir: Path | URI) -> Path | URI:
@@ -204,8 +221,9 @@ class Row:
     problems: list[Problem] = field(default_factory=list)
 
 
-def _validate_row(row: Row) -> None:
-    """Set the row's (seeded) request, or its problems: every bad field, not only the first."""
+def _validate_row(row: Row, reported: set[str] = frozenset()) -> None:
+    """Set the row's (seeded) request, or its problems: every bad field, not only the first (a field in
+    `reported` already has its problem, such as a prompt whose file could not be read)."""
     values = {key: value for key, value in row.fields.items() if key in GenerationRequest.model_fields}
     try:
         row.request = GenerationRequest(**values).with_seed()
@@ -217,6 +235,8 @@ def _validate_row(row: Row) -> None:
             elif item["type"] not in ("value_error", "missing"):
                 message += f" (got {item.get('input')!r})"
             field_name = ".".join(str(part) for part in item["loc"]) or "request"
+            if field_name in reported:
+                continue
             row.problems.append(Problem(row.index, row.fields.get("name"), field_name, message))
 
 
@@ -284,17 +304,14 @@ def request_rows(
             if entry.get(key) is not None and not isinstance(entry[key], str):
                 problems[key] = f"must be a path string, not {entry.pop(key)!r}"
         row.problems += [Problem(index, entry.get("name"), key, message) for key, message in problems.items()]
-        try:
-            layered = merge(explicit, entry, policy)
-        except InputError as error:  # an unreadable prompt file, a non-text prompt, an unknown resolution
-            message = str(error)
-            wrong = next((key for key in ("resolution", "negative_prompt") if key in message), "prompt")
-            row.problems.append(Problem(index, entry.get("name"), wrong, message))
-            continue
+        layered, merge_problems = merge(explicit, entry, policy)
+        row.problems += [
+            Problem(index, entry.get("name"), key, message) for key, message in merge_problems.items()
+        ]
         row.fields = {**base, **layered}  # an explicit height or width beats a default resolution
         row.fields.setdefault("name", source.stem if source is not None and len(entries) == 1 else None)
         row.fields["output_path"] = (
             output or row.fields.get("output_path") or default_output_path(row.fields, output_dir)
         )
-        _validate_row(row)
+        _validate_row(row, reported=set(merge_problems))
     return rows
