@@ -22,7 +22,7 @@ demo: $(BIN)/.installed
 
 test: $(BIN)/.installed
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder
 
 ui-check: $(BIN)/.installed
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[ui]"

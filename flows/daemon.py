@@ -286,7 +286,7 @@ def _warm_up():
     from cosmos_pipeline.loading import import_pipeline_code
     from tasks import expectations
 
-    expectations.start().submit(int)
+    expectations.start()
     import_pipeline_code()
     cli.use_server(server)
     return server
@@ -314,7 +314,7 @@ def serve(path: Path, keep_alive_s: float) -> None:
     status, stop = path.with_suffix(".json"), path.with_suffix(".stop")
     stop.unlink(missing_ok=True)
     info = {"pid": os.getpid(), "cwd": os.getcwd(), "started": time.time(), "keep_alive_s": keep_alive_s}
-    status.write_text(json.dumps(info))
+    _write_status(status, info)
     calls: queue.Queue[socket.socket] = queue.Queue()
     state = _State()
     threading.Thread(target=_accept, args=(listener, calls, state), daemon=True).start()
@@ -343,7 +343,7 @@ def serve(path: Path, keep_alive_s: float) -> None:
                 with state.lock:
                     state.reserved = False
             keep_alive_s = keep_alive_s if asked is None else asked
-            status.write_text(json.dumps(info | {"keep_alive_s": keep_alive_s}))
+            _write_status(status, info | {"keep_alive_s": keep_alive_s})
             idle_since = time.monotonic()
     except SystemExit:
         pass  # SIGTERM (`cosmos-warm stop`)
@@ -373,6 +373,13 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 # --- `cosmos-warm` -----------------------------------------------------------------------------------------
+
+
+def _write_status(status: Path, info: dict) -> None:
+    """Replaced whole, never rewritten in place: `cosmos-warm status` may read it at any moment."""
+    partial = status.with_suffix(".json.partial")
+    partial.write_text(json.dumps(info))
+    os.replace(partial, status)
 
 
 def warm_processes() -> list[dict]:

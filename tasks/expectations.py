@@ -11,8 +11,10 @@ import logging
 import multiprocessing
 import os
 import signal
+import sys
 import threading
 import time
+import types
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -57,13 +59,22 @@ def _import_gx(parent: int) -> None:
 
 
 def start() -> ProcessPoolExecutor:
-    """The helper process, started (and importing GX) on first use."""
+    """The helper process, started now (and importing GX) if it is not running yet."""
     global _POOL
     if _POOL is None:
         context = multiprocessing.get_context("spawn")  # no fork of a process that runs threads
         _POOL = ProcessPoolExecutor(
             max_workers=1, mp_context=context, initializer=_import_gx, initargs=(os.getpid(),)
         )
+        # Spawn imports the parent's `__main__` again in the child (`-m prefect.engine`, `-m tasks.warm`:
+        # 2-4 s of CPU and, for a warm worker, torch); the helper needs none of it, so the child is started
+        # (by this first, empty task) while `__main__` is a bare module.
+        main = sys.modules["__main__"]
+        sys.modules["__main__"] = types.ModuleType("__main__")
+        try:
+            _POOL.submit(int)
+        finally:
+            sys.modules["__main__"] = main
     return _POOL
 
 

@@ -8,6 +8,7 @@ test gets its own MLflow experiment and output folder.
 
 import os
 import re
+import shutil
 import signal
 import tempfile
 from pathlib import Path
@@ -15,7 +16,9 @@ from typing import Any
 
 import pytest
 
-os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="prefect-home-"))
+# A Prefect home of this process's own (with `make test`'s parallel workers, one each): the temporary
+# servers of the commands the tests start keep their database there.
+os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="prefect-home-")
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 os.environ.pop("MLFLOW_TRACKING_URI", None)  # tests never write to a developer's store
@@ -42,6 +45,35 @@ TINY_FLAGS: dict[str, Any] = {
 }
 # The same as command-line flags, frame count left to each test.
 TINY_ARGS = [f"--{key}={value}" for key, value in TINY_FLAGS.items() if key != "num_output_frames"]
+
+
+# `make test` runs the suite in two worker processes (pytest-xdist, `--dist loadfile`: a file's tests share
+# its module fixtures, so they stay together). The files that take longest start first, so that neither
+# worker is left with a long one at the end; the rest keep their order.
+LONGEST_FIRST = [
+    "production/test_hosts.py",
+    "production/test_stack.py",
+    "flows/test_interrupts.py",
+    "production/test_tracking.py",
+    "flows/test_cli.py",
+    "cosmos_pipeline/test_native.py",
+    "flows/test_daemon.py",
+]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # One embedded-model cache for the run, shared by the workers (each would build its own).
+    if "COSMOS_CACHE_DIR" not in os.environ and not hasattr(config, "workerinput"):
+        os.environ["COSMOS_CACHE_DIR"] = tempfile.mkdtemp(prefix="cosmos-cache-")
+        config.add_cleanup(lambda: shutil.rmtree(os.environ.pop("COSMOS_CACHE_DIR"), ignore_errors=True))
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        path = item.path.relative_to(REPO / "tests").as_posix()
+        return LONGEST_FIRST.index(path) if path in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: within a file, and among the rest, the order is unchanged
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -185,7 +185,10 @@ class MlflowServer:
             "--artifacts-destination", str(self.root / "mlartifacts"), "--workers", "1",
         ]  # fmt: skip
         log = open(self.root / "mlflow.log", "ab")  # noqa: SIM115 (the server keeps it)
-        self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # as scripts/stack.py starts it
+        self.process = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env
+        )
         wait_until(lambda: http_ok(f"{self.uri}/health"), "the MLflow server start")
 
     def stop(self) -> None:

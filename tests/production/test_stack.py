@@ -282,7 +282,7 @@ def test_hostile_deployment_parameters_are_refused_row_by_row(stack: Stack, tmp_
 def test_a_killed_warm_worker_loses_no_generation(stack: Stack) -> None:
     """SIGKILL the worker mid-generation: the flow notices the silence, another worker generates it again
     in the same MLflow run; one output, one run, no partial file."""
-    long = {"height": 256, "width": 448, "num_output_frames": 29, "num_steps": 24}  # seconds, not one
+    long = {"height": 256, "width": 448, "num_output_frames": 29, "num_steps": 12}  # ~0.5 s a step
     parameters = generate_parameters(
         stack, "killed", seed=7, output_path=str(stack.outputs / "killed.mp4"), **long
     )
