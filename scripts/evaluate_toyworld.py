@@ -87,7 +87,7 @@ def run_case(
         pipe = cache.get(PipelineKey.for_request(request))
         pipe.set_progress_bar_config(disable=True)
         started = time.perf_counter()
-        result = generate(pipe, request, options=Acceleration.preset("fast" if case.fast else "default"))
+        result = generate(pipe, request, options=Acceleration.preset("fast" if case.fast else args.preset))
         conditioning = load_conditioning(request) if input_path is not None else None
         scores = toyscore.score_prompt(scene.prompt, result.frames, conditioning)
         assert scores is not None, scene.prompt
@@ -155,6 +155,12 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     )
     parser.add_argument(
         "--device", default="cpu", help="where to generate (cuda: the same float32 pipeline, faster)"
+    )
+    parser.add_argument(
+        "--preset",
+        default="default",
+        choices=["default", "plain"],
+        help="the acceleration preset of every case but the fast mode's (plain: diffusers' call as-is)",
     )
     parser.add_argument(
         "--interleave",

@@ -51,6 +51,11 @@ STAGES = ("text", "vae", "stats", "pretrain", "posttrain", "lora")
 CONDITIONAL_FRAME_TIMESTEP = 0.0001  # the pipeline's default for conditioning frames
 FIT_MARGIN = 15.0  # seconds a fitted stage leaves before the deadline: the last steps, the EMA, the save
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2"]
+# The VAE that trains: `tiny.VAE_CONFIG` with Wan 2.2's residual blocks (an average-pooling shortcut
+# around every down block, a duplicating one around every up block; dim_mult's last two equal, as
+# those shortcuts need). Without them the encoder collapsed to a constant within 25 steps at this
+# learning rate on the CPU (benchmarks/toyworld/vae_overfit.py --fresh): attempts 1-3's grey frames.
+VAE_OVERRIDES = dict(is_residual=True, dim_mult=[1, 2, 4, 4])
 
 
 @dataclass(frozen=True)
@@ -93,6 +98,8 @@ class Config:
     lora_rank: int = 8
     checkpoint_every: float = 60.0  # seconds
     seconds_overrides: dict[str, float] = field(default_factory=dict)
+    vae_gate: float = 0.0  # stop after `stats` when fewer held-out clips than this show their colour
+    probe_every: float = 0.0  # seconds between the VAE's held-out checks while it trains (0: none)
     fit: tuple[str, ...] = ()  # stages whose budget shrinks to end before the deadline (then kept on resume)
 
 
@@ -122,9 +129,9 @@ FULL = Config(
         ema=0.0,
         # and single frames, which Image2World's first frame (PSNR >= 25 dB) goes through alone
         buckets=(
-            Bucket(256, 448, 29, 8, 0.4, crop=(128, 224)),
+            Bucket(256, 448, 29, 8, 0.3, crop=(128, 224)),
             Bucket(128, 224, 29, 8, 0.3),
-            Bucket(256, 448, 1, 32, 0.3, crop=(128, 224)),
+            Bucket(256, 448, 1, 32, 0.4, crop=(128, 224)),
         ),
     ),
     pretrain=Stage(seconds=450, lr=8e-4, buckets=TRANSFORMER_BUCKETS, bank_batches=320),
@@ -245,7 +252,11 @@ def reserve(run: Run, stage: str) -> float:
 
 
 def train_loop(
-    run: Run, stage: str, model: torch.nn.Module, step_loss: Callable[[int], torch.Tensor]
+    run: Run,
+    stage: str,
+    model: torch.nn.Module,
+    step_loss: Callable[[int], torch.Tensor],
+    probe: Callable[[], str] | None = None,
 ) -> bool:
     """Optimise `model`'s trainable parameters on `step_loss(step)` until the stage's budget is spent
     (True) or the deadline comes (False; resumable). Keeps an EMA of the weights when the stage asks."""
@@ -283,7 +294,7 @@ def train_loop(
         run.record(stage, steps=step, seconds=round(elapsed, 1), loss=smoothed)
 
     model.train()
-    last_save = time.monotonic()
+    last_save = last_probe = time.monotonic()
     while elapsed < budget and (spec.max_steps is None or step < spec.max_steps):
         if time.time() > run.deadline:
             save()
@@ -315,6 +326,15 @@ def train_loop(
         if time.monotonic() - last_save > run.config.checkpoint_every:
             save()
             last_save = time.monotonic()
+        if (
+            probe is not None
+            and run.config.probe_every
+            and time.monotonic() - last_probe > run.config.probe_every
+        ):
+            model.eval()
+            run.log(f"{stage}: step {step} ({elapsed:.0f} s) {probe()}")  # not counted in `elapsed`
+            model.train()
+            last_probe = time.monotonic()
     if ema:  # the weights that ship are the EMA
         with torch.no_grad():
             for p, e in zip(params, ema, strict=True):
@@ -334,8 +354,16 @@ def stage_text(run: Run) -> bool:
     return True
 
 
+def build_vae():
+    """The trained model's VAE with fresh weights (seeded): `tiny.VAE_CONFIG` with `VAE_OVERRIDES`."""
+    from diffusers import AutoencoderKLWan
+
+    torch.manual_seed(0)
+    return AutoencoderKLWan(**{**tiny.VAE_CONFIG, **VAE_OVERRIDES})
+
+
 def stage_vae(run: Run) -> bool:
-    vae = tiny.build_trainable_vae().to(run.device)
+    vae = build_vae().to(run.device)
     spec = run.config.vae
 
     def step_loss(step: int) -> torch.Tensor:
@@ -350,7 +378,13 @@ def stage_vae(run: Run) -> bool:
         with run.autocast():
             return vae_loss(vae, video, coverage, run.config.vae_object_weight)
 
-    finished = train_loop(run, "vae", vae, step_loss)
+    check = Bucket(256, 448, 29, 4) if run.device.type == "cuda" else SMALL[0]
+
+    def probe() -> str:
+        psnr, colours = vae_check(vae, run, check)
+        return f"held-out PSNR by frame {psnr}, colour seen {colours:.2f}"
+
+    finished = train_loop(run, "vae", vae, step_loss, probe)
     if finished:
         vae.eval().save_pretrained(run.dir / "vae-raw")
     return finished
@@ -386,29 +420,50 @@ def stage_stats(run: Run) -> bool:
     mean, std = latents.mean(dim=1), latents.std(dim=1)
     vae.register_to_config(latents_mean=mean.tolist(), latents_std=std.tolist())
     vae.save_pretrained(run.dir / "vae")
-    check = Bucket(256, 448, 29, 4) if run.device.type == "cuda" else SMALL[0]
-    psnr = vae_psnr(vae, run, check)
-    run.record("stats", latents_mean=mean.tolist(), latents_std=std.tolist(), psnr_by_frame=psnr)
-    run.log(f"stats: latent std {std.min():.3f}..{std.max():.3f}; PSNR by frame {psnr}")
+    check = Bucket(256, 448, 29, 8) if run.device.type == "cuda" else SMALL[0]
+    psnr, colours = vae_check(vae, run, check)
+    run.record(
+        "stats", latents_mean=mean.tolist(), latents_std=std.tolist(), psnr_by_frame=psnr, colour_seen=colours
+    )
+    run.log(
+        f"stats: latent std {std.min():.3f}..{std.max():.3f}; PSNR by frame {psnr}; colour seen {colours:.2f}"
+    )
+    if colours < run.config.vae_gate:
+        run.log(f"stats: colour seen in {colours:.2f} of the held-out clips, under --vae_gate")
+        raise SystemExit(4)
     return True
 
 
 def vae_psnr(vae, run: Run, bucket: Bucket) -> dict[int, float]:
     """Mean PSNR through the VAE of the first, middle and last frame of whole clips: the first is the
     Image2World conditioning path, the last shows whether the causal caches drift over a clip."""
+    return vae_check(vae, run, bucket)[0]
+
+
+def vae_check(vae, run: Run, bucket: Bucket) -> tuple[dict[int, float], float]:
+    """`vae_psnr`, and the share of those held-out clips (every colour, pink too) whose reconstruction
+    `toyscore` sees in the right colour: the PSNR is mostly background, the colour is what prompts name."""
+    from cosmos_pipeline import toyscore
     from cosmos_pipeline.metrics import psnr
 
-    scenes = toyworld.prompt_set(bucket.batch, seed=99, split="any")
+    scenes = toyworld.prompt_set(bucket.batch, seed=99, split="any", colours=tuple(toyworld.PALETTE))
     with torch.no_grad():
         video = toyworld.render(scenes, bucket.height, bucket.width, bucket.frames, device=run.device) * 2 - 1
         recon = vae.decode(vae.encode(video).latent_dist.mode()).sample.float()
     to_uint8 = lambda v: ((v.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu().numpy()  # noqa: E731
     original, decoded = to_uint8(video), to_uint8(recon)
     frames = (0, bucket.frames // 2, bucket.frames - 1)
-    return {
+    by_frame = {
         t: round(float(np.mean([psnr(a[:, t], b[:, t]) for a, b in zip(original, decoded, strict=True)])), 2)
         for t in frames
     }
+    seen = [
+        toyscore.score_truth(np.ascontiguousarray(b.transpose(1, 2, 3, 0)), toyworld.parse_prompt(s.prompt))[
+            "toy_colour"
+        ]
+        for s, b in zip(scenes, decoded, strict=True)
+    ]
+    return by_frame, float(np.mean(seen))
 
 
 class Encoders:
@@ -710,6 +765,9 @@ def main(argv: list[str] | None = None) -> int:
         "--seconds", action="append", default=[], metavar="STAGE=SECONDS", help="a stage's budget"
     )
     parser.add_argument(
+        "--bank", action="append", default=[], metavar="STAGE=BATCHES", help="a transformer stage's bank size"
+    )
+    parser.add_argument(
         "--fit",
         action="append",
         default=[],
@@ -719,9 +777,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--export", type=Path, default=None, help="write the model folders here once trained")
     parser.add_argument("--until", choices=STAGES, default=STAGES[-1], help="the last stage to run")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes and a couple of steps (tests, CPU)")
+    parser.add_argument(
+        "--vae_gate",
+        type=float,
+        default=0.0,
+        help="stop (exit 4) after `stats` when a smaller share of held-out clips shows its colour",
+    )
+    parser.add_argument(
+        "--probe_every", type=float, default=0.0, help="seconds between held-out VAE checks while it trains"
+    )
     args = parser.parse_args(argv)
     overrides = {k: float(v) for k, v in (item.split("=", 1) for item in args.seconds)}
-    config = replace(SMOKE if args.smoke else FULL, seconds_overrides=overrides, fit=tuple(args.fit))
+    base = SMOKE if args.smoke else FULL
+    for stage, batches in (item.split("=", 1) for item in args.bank):
+        base = replace(base, **{stage: replace(getattr(base, stage), bank_batches=int(batches))})
+    config = replace(
+        base,
+        seconds_overrides=overrides,
+        fit=tuple(args.fit),
+        vae_gate=args.vae_gate,
+        probe_every=args.probe_every,
+    )
     deadline = time.time() + (args.deadline if args.deadline is not None else 1e9)
     run = Run(config, args.checkpoints, args.device, deadline)
     command = " ".join(["python scripts/train_toyworld.py", *(argv if argv is not None else sys.argv[1:])])
