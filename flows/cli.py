@@ -143,14 +143,11 @@ def drain_prefect() -> None:
 def exit_now(code: int) -> NoReturn:
     """End the process once everything is written, without the interpreter's teardown: freeing torch's and
     the libraries' state took about 3 s on a 2-core machine, after the last output line. What that teardown
-    would still have sent or ended is done first: Prefect's queued logs and events, MLflow's asynchronous
-    logging, GX's helper process (which stops by itself in about a second), the libraries' exit handlers,
-    the output streams."""
+    would still have sent or ended is done first: Prefect's queued logs and events, GX's helper process
+    (which stops by itself in about a second), the libraries' exit handlers (MLflow's among them), the
+    output streams. (Not `mlflow.flush_async_logging()`: nothing here logs asynchronously, and it opens
+    MLflow's default store, which created an empty `mlflow.db` in the caller's directory.)"""
     drain_prefect()
-    if "mlflow" in sys.modules:
-        import mlflow
-
-        mlflow.flush_async_logging()
     if "tasks.expectations" in sys.modules:
         from tasks import expectations
 

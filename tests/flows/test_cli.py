@@ -115,6 +115,7 @@ def test_seed_script_runs_and_reruns_pixel_identically(tmp_path, tracked, mlflow
             stderr=subprocess.PIPE,
             text=True,
             env=env,
+            cwd=tmp_path,
         )
         for name in ("a.mp4", "b.mp4")
     ]
@@ -122,6 +123,7 @@ def test_seed_script_runs_and_reruns_pixel_identically(tmp_path, tracked, mlflow
         out, err = process.communicate(timeout=600)
         assert process.returncode == 0, err
         assert "MLflow: experiment" in out
+    assert not (tmp_path / "mlflow.db").exists()  # tracked where told, and no default store in the directory
     first, second = read_video(tmp_path / "a.mp4"), read_video(tmp_path / "b.mp4")
     assert first.shape == (9, 64, 112, 3)
     np.testing.assert_array_equal(first, second)

@@ -61,8 +61,9 @@ def test_stopped_mid_generation_ends_cleanly_and_the_next_run_starts(
     output = tmp_path / "stopped.mp4"
     args = [*TINY_ARGS, *SLOW, "--input_path", str(ASSETS / "text2world.json"), "--output_path", str(output)]
     process = subprocess.Popen(
-        [*SCRIPT, *args], env=environment(tracked), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
+        [*SCRIPT, *args], env=environment(tracked), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=tmp_path,
+    )  # fmt: skip
     seen = []
     assert process.stderr is not None
     for line in process.stderr:  # Prefect's run log: wait for the denoising steps
@@ -81,6 +82,7 @@ def test_stopped_mid_generation_ends_cleanly_and_the_next_run_starts(
     assert err.rstrip().splitlines()[-1].startswith(f"interrupted ({signal.Signals(signum).name})")
     assert err.count("interrupted (") == 1
     assert not output.exists() and not list(tmp_path.glob(".*tmp*"))  # nothing, not even half
+    assert not (tmp_path / "mlflow.db").exists()  # nor MLflow's default store in the directory
     time.sleep(1)
     assert not [pid for pid in helpers if alive(pid)]  # the temporary server and helpers are gone
     experiment = mlflow_client.get_experiment_by_name(tracked["experiment"])
