@@ -48,6 +48,8 @@ ZOMBIES = "cosmos: crash flow runs whose heartbeats stopped"
 HEARTBEAT_S = 30  # flow-run heartbeats (Prefect's minimum); a run silent for ZOMBIE_AFTER_S is CRASHED
 ZOMBIE_AFTER_S = 120
 RESULTS_BLOCK = "cosmos-results"  # the remote-file-system block of --object-store
+# MLflow's job runner (huey consumers, for its GenAI jobs) is not used here and costs a tenth of a core.
+MLFLOW_SERVER_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -324,9 +326,7 @@ def up(args: argparse.Namespace) -> None:
     # The store URI goes in the environment, not the command line: a database password stays out of `ps`.
     mlflow = [str(BIN / "mlflow"), "server", "--host", args.host, "--port", str(args.mlflow_port),
               "--artifacts-destination", artifacts, "--workers", "1"]  # fmt: skip
-    # MLflow's job runner (huey consumers, for its GenAI jobs) is not used here and costs a tenth of a core.
-    no_jobs = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    spawn(args, "mlflow-server", mlflow, {**env, "MLFLOW_BACKEND_STORE_URI": backend, **no_jobs})
+    spawn(args, "mlflow-server", mlflow, {**env, "MLFLOW_BACKEND_STORE_URI": backend, **MLFLOW_SERVER_ENV})
     wait_for(args, "Prefect server", lambda: http_ok(f"{prefect_api}/health") is not None, ["prefect-server"])
     wait_for(args, "MLflow server", lambda: http_ok(f"{tracking}/health") is not None, ["mlflow-server"])
 

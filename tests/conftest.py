@@ -76,11 +76,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=rank)  # stable: within a file, and among the rest, the order is unchanged
 
 
-@pytest.fixture(scope="session", autouse=True)
-def embedded_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The embedded model is built once per session (about 5 s a revision), in a temp folder."""
-    if "COSMOS_CACHE_DIR" not in os.environ:
-        os.environ["COSMOS_CACHE_DIR"] = str(tmp_path_factory.mktemp("cosmos-cache"))
+@pytest.fixture(scope="session")
+def embedded_cache() -> Path:
+    """Where the embedded model is built, once a run (about 5 s a revision): `pytest_configure`'s folder."""
     return Path(os.environ["COSMOS_CACHE_DIR"])
 
 

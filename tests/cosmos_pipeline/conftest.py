@@ -1,9 +1,7 @@
-"""Fixtures for the core: the embedded model built once per test session in a temp cache."""
+"""Helpers for the core's tests: a tiny request, and the command line's batch check. (The embedded model's
+cache is the root conftest's.)"""
 
-import os
 from pathlib import Path
-
-import pytest
 
 from cosmos_pipeline.batch import BatchValidationError, check_batch
 from cosmos_pipeline.bundle import LOCAL_POLICY, request_rows
@@ -14,13 +12,6 @@ REPO = Path(__file__).resolve().parents[2]
 ASSETS = REPO / "assets"
 # Small enough for a 2-core CPU, large enough to exercise 8x VAE downsampling and 2x2 patches.
 TINY = {"model_id": "embedded:tiny", "height": 64, "width": 112, "num_inference_steps": 2, "device": "cpu"}
-
-
-@pytest.fixture(scope="session", autouse=True)
-def embedded_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    if "COSMOS_CACHE_DIR" not in os.environ:
-        os.environ["COSMOS_CACHE_DIR"] = str(tmp_path_factory.mktemp("cosmos-cache"))
-    return Path(os.environ["COSMOS_CACHE_DIR"])
 
 
 def tiny_request(**overrides) -> GenerationRequest:

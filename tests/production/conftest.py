@@ -185,7 +185,7 @@ class MlflowServer:
             "--artifacts-destination", str(self.root / "mlartifacts"), "--workers", "1",
         ]  # fmt: skip
         log = open(self.root / "mlflow.log", "ab")  # noqa: SIM115 (the server keeps it)
-        env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # as scripts/stack.py starts it
+        env = {**os.environ, **stack_script.MLFLOW_SERVER_ENV}  # as scripts/stack.py starts it
         self.process = subprocess.Popen(
             command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env
         )
