@@ -71,19 +71,7 @@ def run_case(
             input_path = media / f"{case.prompts}-{index}.png"
             frame = toyworld.render([scene], args.height, args.width, 1)[0]
             PIL.Image.fromarray(toyworld.to_uint8(frame)[0]).save(input_path)
-        request = GenerationRequest(
-            prompt=scene.prompt,
-            input_path=input_path,
-            height=args.height,
-            width=args.width,
-            num_frames=args.frames,
-            num_inference_steps=args.steps,
-            guidance_scale=case.guidance,
-            seed=index,
-            device=args.device,
-            dtype="float32",
-            **model(args, case.revision),
-        )
+        request = sample_request(scene, index, args, case.revision, case.guidance, input_path)
         pipe = cache.get(PipelineKey.for_request(request))
         pipe.set_progress_bar_config(disable=True)
         started = time.perf_counter()
@@ -97,6 +85,30 @@ def run_case(
         )  # fmt: skip
         print(json.dumps(rows[-1]), flush=True)
     return rows
+
+
+def sample_request(
+    scene: toyworld.Scene,
+    index: int,
+    args: argparse.Namespace,
+    revision: str,
+    guidance: float,
+    input_path: Path | None = None,
+) -> GenerationRequest:
+    """One sample: the scene's prompt at the run's size and steps, float32, seed = its index in its set."""
+    return GenerationRequest(
+        prompt=scene.prompt,
+        input_path=input_path,
+        height=args.height,
+        width=args.width,
+        num_frames=args.frames,
+        num_inference_steps=args.steps,
+        guidance_scale=guidance,
+        seed=index,
+        device=args.device,
+        dtype="float32",
+        **model(args, revision),
+    )
 
 
 def model(args: argparse.Namespace, revision: str) -> dict:

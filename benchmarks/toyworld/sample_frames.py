@@ -16,18 +16,19 @@ import numpy as np
 import PIL.Image
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
+sys.path[:0] = [str(REPO), str(REPO / "scripts")]
+
+import evaluate_toyworld as evaluate  # noqa: E402
 
 from cosmos_pipeline import tiny, toyscore, toyworld  # noqa: E402
 from cosmos_pipeline.acceleration.options import Acceleration  # noqa: E402
 from cosmos_pipeline.generate import generate  # noqa: E402
 from cosmos_pipeline.loading import PipelineCache, PipelineKey  # noqa: E402
-from cosmos_pipeline.request import GenerationRequest  # noqa: E402
 
-SETS = {  # name -> (seed, objects, split, revision); the seeds are evaluate_toyworld.py's
-    "heldout": (1000, 1, "heldout", tiny.POST_TRAINED),
-    "domain": (2000, 2, "train", tiny.POST_TRAINED),
-    "pre-heldout": (1000, 1, "heldout", tiny.PRE_TRAINED),
+SETS = {  # name -> (seed, objects, split, revision)
+    "heldout": (evaluate.SEEDS["heldout"], 1, "heldout", tiny.POST_TRAINED),
+    "domain": (evaluate.SEEDS["domain"], 2, "train", tiny.POST_TRAINED),
+    "pre-heldout": (evaluate.SEEDS["heldout"], 1, "heldout", tiny.PRE_TRAINED),
 }
 
 
@@ -51,19 +52,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         for index, scene in enumerate(
             toyworld.prompt_set(args.count, seed, num_objects=objects, split=split)
         ):
-            request = GenerationRequest(
-                prompt=scene.prompt,
-                height=args.height,
-                width=args.width,
-                num_frames=args.frames,
-                num_inference_steps=args.steps,
-                guidance_scale=args.guidance,
-                seed=index,
-                device=args.device,
-                dtype="float32",
-                model_id=str(args.model_root / tiny.REVISION_FOLDERS[revision]),
-                guardrail="off",
-            )
+            request = evaluate.sample_request(scene, index, args, revision, args.guidance)
             pipe = cache.get(PipelineKey.for_request(request))
             pipe.set_progress_bar_config(disable=True)
             frames = generate(pipe, request, options=Acceleration.preset("default")).frames
