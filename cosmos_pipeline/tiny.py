@@ -214,7 +214,12 @@ VAE_CONFIG = dict(
     base_dim=8,  # the encoder; it runs for Image2World/Video2World inputs only
     decoder_base_dim=4,  # every video's decode: a thin top stage keeps it fast on a CPU
     z_dim=16,
-    dim_mult=[1, 2, 4, 8],
+    # Wan 2.2's residual blocks (an average-pooling shortcut around every down block, a duplicating one
+    # around every up block; dim_mult's last two equal, as those shortcuts need). Without them the encoder
+    # collapsed to a constant within 25 steps on unseen scenes (benchmarks/toyworld/vae_overfit.py
+    # --fresh): the grey frames of the toy world's attempts 1-3.
+    is_residual=True,
+    dim_mult=[1, 2, 4, 4],
     num_res_blocks=1,
     temperal_downsample=[False, True, True, False],
     in_channels=12,  # RGB in 2x2 patches

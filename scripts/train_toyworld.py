@@ -51,11 +51,6 @@ STAGES = ("text", "vae", "stats", "pretrain", "posttrain", "lora")
 CONDITIONAL_FRAME_TIMESTEP = 0.0001  # the pipeline's default for conditioning frames
 FIT_MARGIN = 15.0  # seconds a fitted stage leaves before the deadline: the last steps, the EMA, the save
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2"]
-# The VAE that trains: `tiny.VAE_CONFIG` with Wan 2.2's residual blocks (an average-pooling shortcut
-# around every down block, a duplicating one around every up block; dim_mult's last two equal, as
-# those shortcuts need). Without them the encoder collapsed to a constant within 25 steps at this
-# learning rate on the CPU (benchmarks/toyworld/vae_overfit.py --fresh): attempts 1-3's grey frames.
-VAE_OVERRIDES = dict(is_residual=True, dim_mult=[1, 2, 4, 4])
 
 
 @dataclass(frozen=True)
@@ -354,16 +349,8 @@ def stage_text(run: Run) -> bool:
     return True
 
 
-def build_vae():
-    """The trained model's VAE with fresh weights (seeded): `tiny.VAE_CONFIG` with `VAE_OVERRIDES`."""
-    from diffusers import AutoencoderKLWan
-
-    torch.manual_seed(0)
-    return AutoencoderKLWan(**{**tiny.VAE_CONFIG, **VAE_OVERRIDES})
-
-
 def stage_vae(run: Run) -> bool:
-    vae = build_vae().to(run.device)
+    vae = tiny.build_trainable_vae().to(run.device)
     spec = run.config.vae
 
     def step_loss(step: int) -> torch.Tensor:

@@ -1,6 +1,6 @@
 """Can the embedded model's VAE learn the toy world at all? A CPU check before any GPU time.
 
-Trains a fresh `build_vae()` of the training script on one fixed batch of toy-world frames with the training
+Trains a fresh `tiny.build_trainable_vae()` on one fixed batch of toy-world frames with the training
 script's VAE loss, then prints the reconstructions' PSNR and whether `toyscore` sees each object's
 colour in them, and writes the frames side by side (rendered | reconstructed) to --png.
 
@@ -28,7 +28,7 @@ import torch
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from cosmos_pipeline import toyscore, toyworld  # noqa: E402
+from cosmos_pipeline import tiny, toyscore, toyworld  # noqa: E402
 from cosmos_pipeline.metrics import psnr  # noqa: E402
 
 spec = importlib.util.spec_from_file_location("train_toyworld", REPO / "scripts" / "train_toyworld.py")
@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> dict:
     scenes = toyworld.prompt_set(args.clips, seed=5, split="any", colours=tuple(toyworld.PALETTE))
     video, coverage = toyworld.render_with_coverage(scenes, args.height, args.width, args.frames)
     video = video * 2 - 1
-    vae = train.build_vae()
+    vae = tiny.build_trainable_vae()
     optimizer = torch.optim.AdamW(vae.parameters(), lr=args.lr, betas=(0.9, 0.99), weight_decay=0.01)
     started = time.perf_counter()
     for step in range(args.steps):
