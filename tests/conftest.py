@@ -2,8 +2,8 @@
 
 Prefect reads its settings when imported, so its home and telemetry are set here, before any
 test module imports it. The Prefect server (`prefect_test_harness`: a real API server in a
-subprocess, on a temporary SQLite database) and the MLflow store start once per session; each
-test gets its own MLflow experiment and output folder.
+subprocess, on a temporary SQLite database) and the MLflow store start once per session (once per
+worker process under `make test`); each test gets its own MLflow experiment and output folder.
 """
 
 import os
