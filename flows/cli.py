@@ -194,6 +194,7 @@ def generate_command(argv: Sequence[str] | None = None) -> int:
     if handed is not None:
         return handed
 
+    start_gx()
     server = start_server()
     try:
         prepare(settings)
@@ -219,6 +220,14 @@ def generate_command(argv: Sequence[str] | None = None) -> int:
         return code
     finally:
         stop_server(server)
+
+
+def start_gx() -> None:
+    """GX's helper process, importing on another core from now: a call that gets this far generates here, and
+    its advisories and frame gate need it."""
+    from tasks import expectations
+
+    expectations.start()
 
 
 def hand_over(command: str, argv: Sequence[str] | None, keep_alive_s: float) -> int | None:
@@ -267,6 +276,7 @@ def evaluate_command(argv: Sequence[str] | None = None) -> int:
     handed = hand_over("evaluate", argv, settings.keep_alive_s)
     if handed is not None:
         return handed
+    start_gx()
     server = start_server()
     try:
         use_server(server)

@@ -16,7 +16,6 @@ from prefect.cache_policies import NONE
 from cosmos_pipeline.bundle import Problem, Row
 from cosmos_pipeline.errors import InputError
 from cosmos_pipeline.settings import Settings, load_settings, request_rows
-from tasks import expectations
 from tasks.scrub import install_log_scrubber, scrub
 
 # What an untrusted caller may choose (names, request defaults, speed and memory options for its own
@@ -54,12 +53,12 @@ def resolve_settings(
     `evaluation`: the log names the evaluation experiment, where an evaluation writes unless its suite
     names another.
 
-    Also the flow run's start: secrets are kept out of its logs from here on, and GX's helper process
-    starts importing (it is needed at validation's end and after the first generation)."""
+    Also the flow run's start: secrets are kept out of its logs from here on. GX's helper process is not
+    started here: a rejected or fully reused batch never needs it (~5 s of CPU), the advisories and the
+    frame gate start it when they do."""
     from prefect.runtime import deployment
 
     install_log_scrubber()
-    expectations.start()
     untrusted = deployment.id is not None
     settings = run_settings(profile, overrides, untrusted)
     get_run_logger().info(

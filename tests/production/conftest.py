@@ -3,6 +3,7 @@ tracking server that tests can stop and start again. Every process started here 
 fixture that started it (by process group), whatever the test did.
 """
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -43,6 +44,17 @@ def wait_until(check, what: str, timeout: float = 120) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"{what} did not happen within {timeout:.0f} s")
         time.sleep(0.5)
+
+
+@contextlib.contextmanager
+def prefect_client(api: str) -> Iterator:
+    """One client of the Prefect API at `api` for a whole wait: a client per poll costs a version check and
+    an SSL context, on both sides, twice a second."""
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings(updates={PREFECT_API_URL: api}), get_client(sync_client=True) as client:
+        yield client
 
 
 def http_ok(url: str) -> bool:

@@ -26,7 +26,6 @@ from uuid import UUID
 
 import pytest
 from mlflow import MlflowClient
-from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 from prefect.deployments import run_deployment
 from prefect.settings import PREFECT_API_URL, temporary_settings
@@ -42,6 +41,7 @@ from .conftest import (
     Postgres,
     free_port,
     kill_group,
+    prefect_client,
     wait_until,
 )  # fmt: skip
 
@@ -96,26 +96,22 @@ class Hosts:
 
     def finished(self, flow_run_ids: list[UUID], timeout: float = 480) -> list:
         runs: list = []
+        with prefect_client(self.prefect_api) as client:
 
-        def done() -> bool:
-            with temporary_settings(updates={PREFECT_API_URL: self.prefect_api}):
-                with get_client(sync_client=True) as client:
-                    runs[:] = [client.read_flow_run(run_id) for run_id in flow_run_ids]
-            return all(run.state is not None and run.state.is_final() for run in runs)
+            def done() -> bool:
+                runs[:] = [client.read_flow_run(run_id) for run_id in flow_run_ids]
+                return all(run.state is not None and run.state.is_final() for run in runs)
 
-        wait_until(done, f"flow runs {flow_run_ids} finishing", timeout)
+            wait_until(done, f"flow runs {flow_run_ids} finishing", timeout)
         return runs
 
     def logs(self, flow_run_id: UUID) -> str:
-        with temporary_settings(updates={PREFECT_API_URL: self.prefect_api}):
-            with get_client(sync_client=True) as client:
-                found = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
+        with prefect_client(self.prefect_api) as client:
+            found = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
         return "\n".join(log.message for log in found)
 
-    def beats(self) -> dict[str, dict]:
-        with temporary_settings(updates={PREFECT_API_URL: self.prefect_api}):
-            with get_client(sync_client=True) as client:
-                return {v.name: v.value for v in client.read_variables() if v.name.startswith("cosmos-beat-")}
+    def beats(self, client) -> dict[str, dict]:
+        return {v.name: v.value for v in client.read_variables() if v.name.startswith("cosmos-beat-")}
 
     def runs(self, experiment: str) -> list:
         client = MlflowClient(self.tracking_uri)
@@ -332,14 +328,13 @@ def test_a_killed_host_loses_no_generation(hosts: Hosts) -> None:
     long = {"num_steps": 16}  # a few seconds of denoising: longer than it takes to see it start
     bundle = hosts.put("inputs/killed.json", json.dumps({"name": "hosts-killed", "input_path": "robot.png",
                                                           "prompt": PROMPT, "seed": 7}).encode())  # fmt: skip
-    earlier = set(hosts.beats())
-    flow_run_id = hosts.trigger(bundle, "hosts-killed", **long)
-    wait_until(
-        lambda: any(
-            beat.get("worker") == victim for name, beat in hosts.beats().items() if name not in earlier
-        ),
-        "the generation starting on host A",
-    )
+    with prefect_client(hosts.prefect_api) as client:
+        earlier = set(hosts.beats(client))
+        flow_run_id = hosts.trigger(bundle, "hosts-killed", **long)
+        started = lambda: any(  # noqa: E731
+            beat.get("worker") == victim for name, beat in hosts.beats(client).items() if name not in earlier
+        )
+        wait_until(started, "the generation starting on host A")
     os.killpg(hosts.a.pid("warm-0"), signal.SIGKILL)  # host A is gone: no process of it is left
     start_worker(hosts.b)  # B's warm worker back
     [run] = hosts.finished([flow_run_id])

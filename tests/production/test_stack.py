@@ -28,7 +28,16 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 from tasks.track import EXECUTION_PARAMS, KEY_TAG, PARENT_TAG, RUN_PARAMS
 from tests.conftest import ASSETS, REPO
 
-from .conftest import DB_PASSWORD, TINY_OVERRIDES, Postgres, Stack, http_ok, stack_script, wait_until
+from .conftest import (
+    DB_PASSWORD,
+    TINY_OVERRIDES,
+    Postgres,
+    Stack,
+    http_ok,
+    prefect_client,
+    stack_script,
+    wait_until,
+)
 
 GENERATE, EVALUATE = "generate/generate", "evaluate-variants/evaluate-variants"
 
@@ -41,29 +50,23 @@ def trigger(stack: Stack, deployment: str, **parameters) -> UUID:
 def finished(stack: Stack, flow_run_ids: list[UUID], timeout: float = 240) -> list[FlowRun]:
     """The flow runs once every one of them is in a final state."""
     runs: list[FlowRun] = []
+    with prefect_client(stack.prefect_api) as client:
 
-    def done() -> bool:
-        nonlocal runs
-        with temporary_settings(updates={PREFECT_API_URL: stack.prefect_api}):
-            with get_client(sync_client=True) as client:
-                runs = [client.read_flow_run(run_id) for run_id in flow_run_ids]
-        return all(run.state is not None and run.state.is_final() for run in runs)
+        def done() -> bool:
+            runs[:] = [client.read_flow_run(run_id) for run_id in flow_run_ids]
+            return all(run.state is not None and run.state.is_final() for run in runs)
 
-    wait_until(done, f"flow runs {flow_run_ids} finishing", timeout)
+        wait_until(done, f"flow runs {flow_run_ids} finishing", timeout)
     return runs
 
 
-def beats(stack: Stack) -> list[tuple[str, dict]]:
+def beats(client) -> list[tuple[str, dict]]:
     """The warm workers' heartbeats (Prefect variables), by name."""
-    with temporary_settings(updates={PREFECT_API_URL: stack.prefect_api}):
-        with get_client(sync_client=True) as client:
-            return [(v.name, v.value) for v in client.read_variables() if v.name.startswith("cosmos-beat-")]
+    return [(v.name, v.value) for v in client.read_variables() if v.name.startswith("cosmos-beat-")]
 
 
-def flow_logs(stack: Stack, flow_run_id: UUID) -> str:
-    with temporary_settings(updates={PREFECT_API_URL: stack.prefect_api}):
-        with get_client(sync_client=True) as client:
-            logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
+def flow_logs(client, flow_run_id: UUID) -> str:
+    logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
     return "\n".join(log.message for log in logs)
 
 
@@ -172,36 +175,33 @@ def test_generate_deployment_runs_on_warm_workers_once_per_request(stack: Stack)
     assert max(len(loads) for loads in by_worker.values()) >= 2
 
     reused = "1 request(s) already have their output; reusing it"
-    wait_until(lambda: reused in flow_logs(stack, again), "the reuse in the flow run's log")
+    with prefect_client(stack.prefect_api) as prefect:
+        wait_until(lambda: reused in flow_logs(prefect, again), "the reuse in the flow run's log")
     assert len(mlflow_runs(stack, "cosmos-generate-tiny", "tags.asset = 'warm0'")) == 1
     assert (stack.outputs / "warm0.mp4").stat().st_mtime_ns == stamp
     assert sorted(path.name for path in stack.outputs.glob("warm0*")) == ["warm0.mp4", "warm0.mp4.json"]
 
 
-def deployment_runs(stack: Stack, deployment_id: UUID) -> list[FlowRun]:
-    with temporary_settings(updates={PREFECT_API_URL: stack.prefect_api}):
-        with get_client(sync_client=True) as client:
-            return client.read_flow_runs(
-                deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id]))
-            )
+def deployment_runs(client, deployment_id: UUID) -> list[FlowRun]:
+    by_id = DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id]))
+    return client.read_flow_runs(deployment_filter=by_id)
 
 
 def test_the_nightly_evaluation_is_scheduled_and_a_scheduled_run_completes(stack: Stack) -> None:
     """The server's scheduler plans prefect.yaml's cron (02:00 UTC); a schedule a few seconds ahead on the
     same deployment, with the shipped tiny suite on one asset, is started by a worker and compares variants.
     (With SQLAlchemy 2.1 the scheduler fails every loop and neither happens.)"""
-    with temporary_settings(updates={PREFECT_API_URL: stack.prefect_api}):
-        with get_client(sync_client=True) as client:
-            deployment = client.read_deployment_by_name(EVALUATE)
+    with prefect_client(stack.prefect_api) as client:
+        deployment = client.read_deployment_by_name(EVALUATE)
 
-    def nightly() -> bool:
-        return any(
-            run.state.is_scheduled()
-            and (run.expected_start_time.hour, run.expected_start_time.minute) == (2, 0)
-            for run in deployment_runs(stack, deployment.id)
-        )
+        def nightly() -> bool:
+            return any(
+                run.state.is_scheduled()
+                and (run.expected_start_time.hour, run.expected_start_time.minute) == (2, 0)
+                for run in deployment_runs(client, deployment.id)
+            )
 
-    wait_until(nightly, "the nightly evaluation being scheduled", timeout=90)
+        wait_until(nightly, "the nightly evaluation being scheduled", timeout=90)
 
     suite = (REPO / "configs" / "eval" / "tiny.toml").read_text()
     suite = suite.replace('name = "tiny-variants"', 'name = "stack-variants"')
@@ -217,23 +217,21 @@ def test_the_nightly_evaluation_is_scheduled_and_a_scheduled_run_completes(stack
     )
     scheduled: list[FlowRun] = []
 
-    def planned() -> bool:
-        scheduled[:] = [
-            run for run in deployment_runs(stack, deployment.id)
-            if abs((run.expected_start_time - soon).total_seconds()) < 1
-        ]  # fmt: skip
-        return bool(scheduled)
+    with prefect_client(stack.prefect_api) as client:
 
-    with temporary_settings(updates={PREFECT_API_URL: stack.prefect_api}):
-        with get_client(sync_client=True) as client:
-            client.update_deployment(deployment.id, DeploymentUpdate(schedules=[*shipped, one_shot]))
-    try:
-        wait_until(planned, "the scheduler creating the run 10 s ahead", timeout=60)
-        [run] = finished(stack, [scheduled[0].id])
-    finally:
-        with temporary_settings(updates={PREFECT_API_URL: stack.prefect_api}):
-            with get_client(sync_client=True) as client:
-                client.update_deployment(deployment.id, DeploymentUpdate(schedules=shipped))
+        def planned() -> bool:
+            scheduled[:] = [
+                run for run in deployment_runs(client, deployment.id)
+                if abs((run.expected_start_time - soon).total_seconds()) < 1
+            ]  # fmt: skip
+            return bool(scheduled)
+
+        client.update_deployment(deployment.id, DeploymentUpdate(schedules=[*shipped, one_shot]))
+        try:
+            wait_until(planned, "the scheduler creating the run 10 s ahead", timeout=60)
+            [run] = finished(stack, [scheduled[0].id])
+        finally:
+            client.update_deployment(deployment.id, DeploymentUpdate(schedules=shipped))
     assert run.auto_scheduled and run.state.is_completed(), run.state.message
     [parent] = mlflow_runs(stack, "cosmos-evaluate-tiny", "tags.suite = 'stack-variants'")
     children = mlflow_runs(stack, "cosmos-evaluate-tiny", f"tags.`{PARENT_TAG}` = '{parent.info.run_id}'")
@@ -286,15 +284,16 @@ def test_a_killed_warm_worker_loses_no_generation(stack: Stack) -> None:
     parameters = generate_parameters(
         stack, "killed", seed=7, output_path=str(stack.outputs / "killed.mp4"), **long
     )
-    earlier = {name for name, _ in beats(stack)}
-    flow_run_id = trigger(stack, GENERATE, **parameters)
     victim: dict = {}
+    with prefect_client(stack.prefect_api) as client:
+        earlier = {name for name, _ in beats(client)}
+        flow_run_id = trigger(stack, GENERATE, **parameters)
 
-    def generating() -> bool:
-        victim.update(next((beat for name, beat in beats(stack) if name not in earlier), {}))
-        return bool(victim)
+        def generating() -> bool:
+            victim.update(next((beat for name, beat in beats(client) if name not in earlier), {}))
+            return bool(victim)
 
-    wait_until(generating, "the generation starting on a warm worker")
+        wait_until(generating, "the generation starting on a warm worker")
     time.sleep(2)  # a moment into the generation (loading or denoising): nothing is written yet
     os.killpg(int(victim["worker"].rsplit("-", 1)[1]), signal.SIGKILL)
     [run] = finished(stack, [flow_run_id])
@@ -307,8 +306,9 @@ def test_a_killed_warm_worker_loses_no_generation(stack: Stack) -> None:
         "killed.mp4", "killed.mp4.json",
     ]  # fmt: skip
     lost = f"warm worker {victim['worker']} stopped beating"
-    wait_until(lambda: lost in flow_logs(stack, flow_run_id), "the lost worker in the flow run's log")
-    assert "submitting it again (1 of 1)" in flow_logs(stack, flow_run_id)
+    with prefect_client(stack.prefect_api) as client:
+        wait_until(lambda: lost in flow_logs(client, flow_run_id), "the lost worker in the flow run's log")
+        assert "submitting it again (1 of 1)" in flow_logs(client, flow_run_id)
 
 
 def test_runs_are_stored_in_postgresql_and_its_password_is_nowhere(stack: Stack, postgres: Postgres) -> None:
