@@ -17,7 +17,6 @@ from uuid import UUID
 
 import requests
 from mlflow import MlflowClient
-from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import DeploymentScheduleUpdate, DeploymentUpdate
 from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId, LogFilter, LogFilterFlowRunId
 from prefect.client.schemas.objects import FlowRun
@@ -107,10 +106,9 @@ def test_stack_starts_with_the_documented_commands_and_listens_on_loopback(stack
     for service in ("prefect-server", "mlflow-server", "worker-0", "worker-1", "warm-0", "warm-1"):
         os.kill(stack.pid(service), 0)  # alive
     assert http_ok(f"{stack.prefect_api}/health") and http_ok(f"{stack.tracking_uri}/health")
-    with temporary_settings(updates={PREFECT_API_URL: stack.prefect_api}):
-        with get_client(sync_client=True) as client:
-            deployments = {d.name: d for d in client.read_deployments()}
-            workers = client.read_workers_for_work_pool("cosmos-gpu")
+    with prefect_client(stack.prefect_api) as client:
+        deployments = {d.name: d for d in client.read_deployments()}
+        workers = client.read_workers_for_work_pool("cosmos-gpu")
     assert {"generate", "evaluate-variants"} <= set(deployments)
     assert all(d.work_pool_name == "cosmos-gpu" for d in deployments.values())
     assert sorted(w.name for w in workers if w.status == "ONLINE") == sorted(
