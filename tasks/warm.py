@@ -126,6 +126,21 @@ def _read_beat(client, name: str) -> Any:
     return None if variable is None else variable.value
 
 
+def server_takes_writes(name: str) -> bool:
+    """Whether the Prefect server stores a write (variable `name`, removed again) within a beat's interval.
+    A stale beat can be the server's silence, not the worker's: Prefect's SQLite database, when locked, holds
+    every write for up to 60 s (README "Several users"), the worker's beats among them."""
+    start = time.monotonic()
+    try:
+        Variable.set(name, {"probe": time.time()}, overwrite=True)
+        prompt = time.monotonic() - start < HEARTBEAT_S
+    except Exception:  # refused ("database is locked") or timed out
+        prompt = False
+    with contextlib.suppress(Exception):
+        Variable.unset(name)
+    return prompt
+
+
 def _give_up(client, task_run_id, error: RuntimeError) -> RuntimeError:
     """Mark the task run crashed (a late worker will not start it), and return the error to raise."""
     client.set_task_run_state(task_run_id, Crashed(message=str(error)), force=True)
@@ -170,6 +185,9 @@ def await_worker(future: PrefectDistributedFuture, settings: Settings) -> Genera
             if beat_changed is None or beat != last_beat:
                 last_beat, beat_changed = beat, now
             elif now - beat_changed > settings.warm_lost_after_s:
+                if not server_takes_writes(f"cosmos-probe-{future.task_run_id}"):
+                    beat_changed = time.monotonic()  # the server held the beats: wait for them again
+                    continue
                 worker = beat.get("worker") if isinstance(beat, dict) else "(no beat yet)"
                 silent = f"{now - beat_changed:.0f} s ago (killed, or its host is down)"
                 raise _give_up(client, future.task_run_id, WorkerLostError(

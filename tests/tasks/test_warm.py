@@ -48,7 +48,10 @@ def client(monkeypatch: pytest.MonkeyPatch):
         def set_task_run_state(self, task_run_id, state, force=False) -> None:
             reads.crashed = state
 
+    reads.probes = []  # the server's answers to the loss check's writes: prompt (True) or held (False)
     monkeypatch.setattr(tasks.warm, "get_client", lambda sync_client: Client())
+    probe = lambda name: reads.probes.pop(0) if reads.probes else True  # noqa: E731
+    monkeypatch.setattr(tasks.warm, "server_takes_writes", probe)
     monkeypatch.setattr(tasks.warm, "POLL_S", 0.0)
     return reads
 
@@ -66,3 +69,23 @@ def test_a_worker_whose_beat_stops_is_lost_and_its_task_run_crashed(client) -> N
     with pytest.raises(WorkerLostError, match="warm worker host-1 stopped beating"):
         await_worker(client.future, settings)
     assert client.crashed.is_crashed()
+
+
+def test_a_beat_held_by_a_stalled_server_is_not_a_lost_worker(client) -> None:
+    """The server held every write (a locked SQLite database) while the beat looked stale: the wait goes on,
+    and the worker is taken for lost only once the server takes writes promptly again."""
+    client.future = Future([Running()])
+    client.beats = [{"worker": "host-1", "beat": 3}]
+    client.probes = [False, False]
+    settings = load_settings("tiny").model_copy(update={"warm_lost_after_s": 0.0})
+    with pytest.raises(WorkerLostError, match="warm worker host-1 stopped beating"):
+        await_worker(client.future, settings)
+    assert client.probes == []  # both held writes were waited out before the verdict
+
+
+def test_a_stall_that_ends_lets_the_generation_finish(client) -> None:
+    client.future = Future([Running(), Running(), Running(), Completed()])
+    client.beats = [{"worker": "host-1", "beat": 3}]
+    client.probes = [False, False, False]
+    settings = load_settings("tiny").model_copy(update={"warm_lost_after_s": 0.0})
+    assert await_worker(client.future, settings) == "the record"
