@@ -5,16 +5,13 @@ decided in `tasks.dispatch`. Either way only the small record leaves the process
 never do).
 """
 
-from tasks import expectations
 from tasks.generate import generate_video
 from tasks.postprocess import postprocess_output
 from tasks.track import GenerationRecord, Job, log_generation
 
 
 def run_generation(job: Job) -> GenerationRecord:
-    """The three steps in this process. GX's helper (the frame gate's) imports on another core while the
-    model loads and generates, if this process has not started it yet."""
-    expectations.start()
+    """The three steps in this process."""
     generation = generate_video(job.request, job.settings)
     post = postprocess_output(generation, job.sidecar)
     try:

@@ -284,7 +284,6 @@ def main(argv: Sequence[str] | None = None) -> None:
         "COSMOS_* environment as the process workers. SIGTERM or Ctrl-C stops it cleanly.",
     ).parse_args(argv)
     install_log_scrubber()
-    expectations.start()  # the frame gate's GX, imported before the first request rather than after it
     try:
         asyncio.run(serve())
     except KeyboardInterrupt:  # Ctrl-C
