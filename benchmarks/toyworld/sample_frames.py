@@ -1,7 +1,8 @@
 """Frames of a few generated toy-world videos, to look at: one PNG per prompt (frames 0, middle, last
 side by side, the rendered ground truth's below), and the `toyscore` of each.
 
-    python benchmarks/toyworld/sample_frames.py --model_root .toyworld/export --device cuda --out /tmp/frames
+    python benchmarks/toyworld/sample_frames.py --model_root .toyworld/export --device cuda --preset plain \
+        --out /tmp/frames
 
 Generation is `evaluate_toyworld.py`'s: `cosmos_pipeline.generate` on the loaded exported folder, float32,
 256x448, 29 frames, 36 steps, guidance 7, seed = the prompt's index in its set.
@@ -43,6 +44,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--frames", type=int, default=29)
     parser.add_argument("--steps", type=int, default=36)
     parser.add_argument("--guidance", type=float, default=7.0)
+    parser.add_argument(
+        "--preset",
+        default="default",
+        choices=["default", "plain"],
+        help="acceleration preset (plain on the GPU: its default picks cuDNN attention, NaN with this model)",
+    )
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -55,7 +62,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             request = evaluate.sample_request(scene, index, args, revision, args.guidance)
             pipe = cache.get(PipelineKey.for_request(request))
             pipe.set_progress_bar_config(disable=True)
-            frames = generate(pipe, request, options=Acceleration.preset("default")).frames
+            frames = generate(pipe, request, options=Acceleration.preset(args.preset)).frames
             truth = toyworld.to_uint8(toyworld.render([scene], args.height, args.width, args.frames)[0])
             picks = (0, args.frames // 2, args.frames - 1)
             grid = np.concatenate(
