@@ -143,15 +143,11 @@ def drain_prefect() -> None:
 def exit_now(code: int) -> NoReturn:
     """End the process once everything is written, without the interpreter's teardown: freeing torch's and
     the libraries' state took about 3 s on a 2-core machine, after the last output line. What that teardown
-    would still have sent or ended is done first: Prefect's queued logs and events, GX's helper process
-    (which stops by itself in about a second), the libraries' exit handlers (MLflow's among them), the
-    output streams. (Not `mlflow.flush_async_logging()`: nothing here logs asynchronously, and it opens
-    MLflow's default store, which created an empty `mlflow.db` in the caller's directory.)"""
+    would still have sent or ended is done first: Prefect's queued logs and events, the libraries' exit
+    handlers (MLflow's among them), the output streams. (Not `mlflow.flush_async_logging()`: nothing here
+    logs asynchronously, and it opens MLflow's default store, which created an empty `mlflow.db` in the
+    caller's directory.)"""
     drain_prefect()
-    if "tasks.expectations" in sys.modules:
-        from tasks import expectations
-
-        expectations.stop()
     atexit._run_exitfuncs()  # the libraries' own exit handlers (multiprocessing's clean-up among them)
     sys.stdout.flush()
     sys.stderr.flush()
@@ -223,11 +219,11 @@ def generate_command(argv: Sequence[str] | None = None) -> int:
 
 
 def start_gx() -> None:
-    """GX's helper process, importing on another core from now: a call that gets this far generates here, and
-    its advisories and frame gate need it."""
-    from tasks import expectations
+    """GX's shared process, started now if none runs (it imports GX on another core): a call that gets this
+    far generates here, and its advisories and frame gate need it."""
+    from tasks import gx_process
 
-    expectations.start()
+    gx_process.start()
 
 
 def hand_over(command: str, argv: Sequence[str] | None, keep_alive_s: float) -> int | None:

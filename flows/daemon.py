@@ -14,8 +14,8 @@ warm process busy with another call answers `busy`, and that call runs in its ow
 
 A warm process ends after `keep_alive_s` without calls, when the code it runs changes on disk, or on
 `cosmos-warm stop` (SIGTERM, which also stops a call in progress as Ctrl-C would), stopping its Prefect
-server and GX helper. Its socket, lock, log and a status file live in a folder only its user can open
-(`runtime_dir`).
+server. Its socket, lock, log and a status file live in a folder only its user can open (`runtime_dir`).
+GX's shared process (`tasks.gx_process`) keeps its own keep-alive; `cosmos-warm stop` ends it too.
 """
 
 import argparse
@@ -30,12 +30,14 @@ import socket
 import subprocess
 import sys
 import sysconfig
-import tempfile
 import threading
 import time
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
+
+from tasks import gx_process
+from tasks.runtime import runtime_dir
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("flows", "tasks", "cosmos_pipeline")  # what the warm process has imported: an edit ends it
@@ -48,17 +50,6 @@ IGNORED_ENV = frozenset({
 READY_TIMEOUT_S = 300.0  # a warm process's start-up (imports, its Prefect server) on a loaded small machine
 STALE_CHECK_S = 10.0  # how often an idle warm process looks for edits to its code
 EXIT_FAILURE = 1
-
-
-def runtime_dir() -> Path:
-    """A folder only this user can open: whoever can connect to a warm process runs code as its user."""
-    base = os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()
-    folder = Path(base) / f"cosmos-warm-{os.getuid()}"
-    folder.mkdir(mode=0o700, exist_ok=True)
-    info = folder.stat()
-    if info.st_uid != os.getuid() or info.st_mode & 0o077:
-        raise PermissionError(f"{folder} must belong to you and be closed to others (chmod 700)")
-    return folder
 
 
 def code_key() -> str:
@@ -277,16 +268,16 @@ def _serve_call(conn: socket.socket, state: _State, commands: Commands) -> float
 
 def _warm_up():
     """Everything a call needs, once: the Prefect server (when none is configured), the flows, diffusers'
-    pipeline code and GX's helper process (started now, so it holds this process's output, not a caller's)."""
+    pipeline code and GX's shared process (started now if none runs)."""
     from flows import cli
 
     server = cli.start_server()
     import flows.evaluate  # noqa: F401
     import flows.generate  # noqa: F401
     from cosmos_pipeline.loading import import_pipeline_code
-    from tasks import expectations
+    from tasks import gx_process
 
-    expectations.start()
+    gx_process.start()
     import_pipeline_code()
     cli.use_server(server)
     return server
@@ -397,13 +388,19 @@ def warm_processes() -> list[dict]:
 def warm_main(argv: Sequence[str] | None = None) -> None:
     """`cosmos-warm status|stop`: list or end this user's warm processes."""
     parser = argparse.ArgumentParser(
-        prog="cosmos-warm", description="List or stop the warm processes that keep cosmos-generate fast."
+        prog="cosmos-warm",
+        description="List or stop the warm processes (and GX's shared process) that speed cosmos-generate.",
     )
     parser.add_argument("action", choices=("status", "stop"))
     args = parser.parse_args(argv)
     processes = warm_processes()
-    if not processes:
+    shared = gx_process.running()
+    if not processes and not shared:
         print("no warm process")
+    if args.action == "stop" and shared:
+        print(f"stopped GX's shared process ({gx_process.stop()} of {len(shared)} answered)")
+    elif shared:
+        print(f"GX's shared process: {', '.join(map(str, shared))}")
     for info in processes:
         if args.action == "stop":  # SIGTERM ends an idle one; one in a call stops the call, then ends
             runtime_dir().joinpath(f"{info['key']}.stop").touch()

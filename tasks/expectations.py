@@ -1,31 +1,23 @@
-"""Great Expectations suites (`configs/expectations/*.json`) run over in-memory tables, in a helper process.
+"""Great Expectations suites (`configs/expectations/*.json`) over in-memory tables, in GX's shared process.
 
 GX 1.x with an ephemeral context: nothing is written to disk, and the result is a plain JSON dict that is
-logged with the run. Importing GX costs ~5 s of CPU, so it happens once, in a helper process started the
-first time a flow asks (`start`): it imports GX on another core while this process imports the model and
-generates, and a long-lived process (a warm worker) keeps it warm. Callers get a `Future`.
+logged with the run. Importing GX costs ~5 s of CPU, so it happens once per host and code, in the process
+that `tasks.gx_process` shares between every command, flow run and warm worker there; callers get a
+`Future` and go on meanwhile.
 """
 
 import json
 import logging
-import multiprocessing
-import os
-import signal
-import sys
-import threading
-import time
-import types
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
 
 from cosmos_pipeline.settings import find_config
+from tasks import gx_process
 
 INDEX_COLUMN = "row"  # every table carries it, so a failure names the rows it concerns
-
-_POOL: ProcessPoolExecutor | None = None
 
 
 @dataclass
@@ -39,51 +31,12 @@ class Failure:
     rows: list[int]
 
 
-def _end_with(parent: int) -> None:
-    """In the helper: end once the parent is gone. A parent killed outright (SIGKILL, the OOM killer) never
-    calls `stop`, and the pool's queue, whose both ends the helper holds, would never tell it."""
-    while os.getppid() == parent:
-        time.sleep(1.0)
-    os._exit(0)
-
-
-def _import_gx(parent: int) -> None:
-    # Ctrl-C and SIGTERM reach the helper with its process group; the parent decides when it stops (`stop`).
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    threading.Thread(target=_end_with, args=(parent,), daemon=True).start()
-    import great_expectations  # noqa: F401  (the slow part, done before the first table arrives)
+def import_gx() -> None:
+    """The slow part (~5 s of CPU), done by the shared process before its first table arrives."""
+    import great_expectations  # noqa: F401
 
     # No "temporary directory for ephemeral docs site" line per context.
     logging.getLogger("great_expectations.data_context.types.base").setLevel(logging.WARNING)
-
-
-def start() -> ProcessPoolExecutor:
-    """The helper process, started now (and importing GX) if it is not running yet."""
-    global _POOL
-    if _POOL is None:
-        context = multiprocessing.get_context("spawn")  # no fork of a process that runs threads
-        _POOL = ProcessPoolExecutor(
-            max_workers=1, mp_context=context, initializer=_import_gx, initargs=(os.getpid(),)
-        )
-        # Spawn imports the parent's `__main__` again in the child (`-m prefect.engine`, `-m tasks.warm`:
-        # 2-4 s of CPU and, for a warm worker, torch); the helper needs none of it, so the child is started
-        # (by this first, empty task) while `__main__` is a bare module.
-        main = sys.modules["__main__"]
-        sys.modules["__main__"] = types.ModuleType("__main__")
-        try:
-            _POOL.submit(int)
-        finally:
-            sys.modules["__main__"] = main
-    return _POOL
-
-
-def stop() -> None:
-    """End the helper process, if one was started (a long-lived process on its way out)."""
-    global _POOL
-    if _POOL is not None:
-        _POOL.shutdown(cancel_futures=True)
-        _POOL = None
 
 
 def load_suite(name: str) -> dict[str, Any]:
@@ -112,8 +65,8 @@ def validate(table: pd.DataFrame, suite: dict[str, Any], extra: list[dict[str, A
 
 
 def run_suite(table: pd.DataFrame, name: str, extra: list[dict[str, Any]] = ()) -> "Future[dict[str, Any]]":
-    """Suite `name` over `table` in the helper process; the future's result is the GX result as JSON."""
-    return start().submit(validate, table, load_suite(name), list(extra))
+    """Suite `name` over `table` in GX's shared process; the future's result is the GX result as JSON."""
+    return gx_process.submit("validate", table, load_suite(name), list(extra))
 
 
 def failures(result: dict[str, Any]) -> list[Failure]:

@@ -3,7 +3,7 @@
 An output bound for an object store is written in a temporary folder and uploaded with its sidecar; the
 local copies stay there for tracking until the `Postprocessed` is closed.
 
-The frame gate (`configs/expectations/frames.json`, in GX's helper process) flags black, white, flat,
+The frame gate (`configs/expectations/frames.json`, in GX's shared process) flags black, white, flat,
 clipped or flashing frames and a wrong frame count. A flagged output is kept and recorded as `flagged`
 with the reasons (a warning, not a failure: a person decides whether a strange video is wrong).
 """

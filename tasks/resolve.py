@@ -53,9 +53,9 @@ def resolve_settings(
     `evaluation`: the log names the evaluation experiment, where an evaluation writes unless its suite
     names another.
 
-    Also the flow run's start: secrets are kept out of its logs from here on. GX's helper process is not
-    started here: a rejected or fully reused batch never needs it (~5 s of CPU), the advisories and the
-    frame gate start it when they do."""
+    Also the flow run's start: secrets are kept out of its logs from here on. GX's shared process is not
+    started here: a rejected or fully reused batch never needs it (~5 s of CPU where none runs yet), the
+    advisories and the frame gate start it when they do."""
     from prefect.runtime import deployment
 
     install_log_scrubber()

@@ -3,7 +3,7 @@
 The check is the same one the command line runs; the task adds its report to the Prefect run (an
 artifact) and logs it once. A rejected batch is not an exception here: the flow ends Failed with the
 report as its message, and a FAILED MLflow run holds the report. The advisories suite
-(`configs/expectations/requests.json`) runs over the valid batch in GX's helper process while the
+(`configs/expectations/requests.json`) runs over the valid batch in GX's shared process while the
 batch generates: values the model accepts but that rarely give a good result, logged as warnings and
 kept as a Prefect artifact.
 """
@@ -61,7 +61,7 @@ def validate_batch(rows: list[Row], settings: Settings, skip_existing: bool = Fa
 
 
 def advise(requests: list[GenerationRequest]) -> "Future[dict[str, Any]]":
-    """The advisories suite over `requests`, started in GX's helper process (see `record_advisories`)."""
+    """The advisories suite over `requests`, started in GX's shared process (see `record_advisories`)."""
     return run_suite(request_table(requests), REQUESTS_SUITE)
 
 

@@ -45,7 +45,6 @@ from websockets.exceptions import WebSocketException
 from cosmos_pipeline.settings import Settings
 from cosmos_pipeline.sidecar import read_sidecar
 from cosmos_pipeline.storage import exists
-from tasks import expectations
 from tasks.generate import STOPPING, GenerationStopped
 from tasks.run import run_generation
 from tasks.scrub import install_log_scrubber
@@ -288,7 +287,6 @@ def main(argv: Sequence[str] | None = None) -> None:
         asyncio.run(serve())
     except KeyboardInterrupt:  # Ctrl-C
         STOPPING.set()
-    expectations.stop()
     print(f"cosmos-worker {worker_name()}: stopped", file=sys.stderr)
 
 

@@ -62,10 +62,23 @@ LONGEST_FIRST = [
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    if hasattr(config, "workerinput"):
+        return  # a worker: the controller's environment is already its own
     # One embedded-model cache for the run, shared by the workers (each would build its own).
-    if "COSMOS_CACHE_DIR" not in os.environ and not hasattr(config, "workerinput"):
+    if "COSMOS_CACHE_DIR" not in os.environ:
         os.environ["COSMOS_CACHE_DIR"] = tempfile.mkdtemp(prefix="cosmos-cache-")
         config.add_cleanup(lambda: shutil.rmtree(os.environ.pop("COSMOS_CACHE_DIR"), ignore_errors=True))
+    # A runtime folder of the run's own: the processes it starts share one GX process (`tasks.gx_process`),
+    # never a developer's, and it ends with the run.
+    os.environ["XDG_RUNTIME_DIR"] = tempfile.mkdtemp(prefix="cosmos-run-")
+    config.add_cleanup(end_runtime_dir)
+
+
+def end_runtime_dir() -> None:
+    from tasks import gx_process
+
+    gx_process.stop()
+    shutil.rmtree(os.environ.pop("XDG_RUNTIME_DIR"), ignore_errors=True)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

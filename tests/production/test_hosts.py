@@ -30,6 +30,7 @@ from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 from prefect.deployments import run_deployment
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
+from tasks import gx_process
 from tests.conftest import ASSETS
 
 from .conftest import (
@@ -152,7 +153,9 @@ def hosts(
     object_store.filesystem().mkdir(BUCKET)
     ports = ["--prefect-port", str(free_port()), "--mlflow-port", str(free_port())]
     base = {
-        key: value for key, value in os.environ.items() if not key.startswith(("PREFECT_", "COSMOS_", "AWS_"))
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("PREFECT_", "COSMOS_", "AWS_")) and key != "XDG_RUNTIME_DIR"  # TMPDIR's
     }
     base |= object_store.env | {
         # The default: on a loaded 2-core machine beats were seen late by 15 s or more (false alarms).
@@ -189,6 +192,7 @@ def hosts(
             run_dir = host.folder / "state" / "run"
             for pid_file in run_dir.glob("*.pid") if run_dir.is_dir() else []:
                 kill_group(int(pid_file.read_text()))
+            gx_process.stop(host.folder / "tmp" / f"cosmos-warm-{os.getuid()}")  # the host's GX process
 
 
 @pytest.fixture(scope="module", autouse=True)

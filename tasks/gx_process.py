@@ -1,0 +1,228 @@
+"""One GX process per user and host, shared by every command, flow run and warm worker of that user there.
+
+Importing GX costs ~5 s of CPU (`benchmarks/process_costs.py`). A helper process per caller paid it in every
+flow run, command and warm worker; this process pays it once and stays `COSMOS_GX_KEEP_ALIVE_S` (default
+600 s; 0 validates in the caller's own process instead) after its last table. It listens on a Unix socket in
+the user's runtime folder (closed to others, `runtime_dir`), named for the code it runs (the interpreter,
+GX's version, this file and `tasks/expectations.py`): after an edit or an upgrade callers start a new one,
+and the old one ends after its keep-alive. It runs in a session of its own, so a terminal's Ctrl-C stops
+the command and never the process that other commands share. If it cannot start, the caller validates
+in-process and says why in a warning.
+
+This module imports nothing heavy: the process starts with it alone and binds its socket before it imports
+pandas and GX, so callers that arrive meanwhile queue instead of starting another.
+"""
+
+import contextlib
+import fcntl
+import hashlib
+import importlib.metadata
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import traceback
+from concurrent.futures import Future, ThreadPoolExecutor
+from multiprocessing.connection import Client, Connection, Listener
+from pathlib import Path
+from typing import Any
+
+from tasks.runtime import runtime_dir
+
+KEEP_ALIVE_S = 600.0
+START_TIMEOUT_S = 60.0  # from starting it to its socket accepting: an interpreter and this module
+CODE = [Path(__file__), Path(__file__).with_name("expectations.py")]
+
+logger = logging.getLogger(__name__)
+_CALLS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="gx")
+
+
+def keep_alive_s() -> float:
+    return float(os.environ.get("COSMOS_GX_KEEP_ALIVE_S", KEEP_ALIVE_S))
+
+
+def address() -> Path:
+    """This code's socket: another interpreter, GX version or edit of the code gets another process."""
+    digest = hashlib.sha256(sys.executable.encode())
+    digest.update(importlib.metadata.version("great_expectations").encode())
+    for path in CODE:
+        digest.update(path.read_bytes())
+    return runtime_dir() / f"gx-{digest.hexdigest()[:16]}.sock"
+
+
+# --- the callers' side ------------------------------------------------------------------------------------
+
+
+def submit(function: str, *args: Any) -> "Future[Any]":
+    """`tasks.expectations.<function>(*args)` in the shared process (in this one where that is off or cannot
+    start), on a thread of this process: the caller goes on while GX works."""
+    return _CALLS.submit(_call, function, args)
+
+
+def start() -> "Future[Any]":
+    """The shared process, started now if none runs (it imports GX while the caller does other work)."""
+    return submit("ready")
+
+
+def _call(function: str, args: tuple) -> Any:
+    if keep_alive_s() > 0:
+        for attempt in range(2):  # a process ending at its keep-alive may drop a call that arrived just then
+            try:
+                with _connect() as conn:
+                    conn.send((function, args))
+                    ok, value = conn.recv()
+            except (OSError, EOFError) as error:
+                if attempt or isinstance(error, _NotStarted):
+                    logger.warning("GX's shared process: %s; validating in this process", error)
+                    break
+                continue
+            if not ok:
+                raise RuntimeError(f"GX's shared process failed:\n{value}")
+            return value
+    return _run(function, args)
+
+
+def _run(function: str, args: tuple) -> Any:
+    """What a call does: in the shared process, or here where that is off or cannot start."""
+    from tasks import expectations
+
+    if function == "ready":
+        return expectations.import_gx()
+    if function == "pid":
+        return os.getpid()
+    return getattr(expectations, function)(*args)
+
+
+class _NotStarted(OSError):
+    pass
+
+
+def _connect() -> Connection:
+    path = address()
+    with contextlib.suppress(OSError):
+        return Client(str(path), family="AF_UNIX")
+    log = path.with_suffix(".log")
+    with open(log, "ab") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "tasks.gx_process", str(path), str(keep_alive_s())],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=out,
+            start_new_session=True,
+            cwd=Path(__file__).resolve().parents[1],  # `tasks` importable wherever the caller runs
+        )
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError):
+            return Client(str(path), family="AF_UNIX")
+        if process.poll() not in (None, 0):  # 0: another caller's process holds the lock and starts
+            break
+        time.sleep(0.05)
+    raise _NotStarted(f"it did not start (its log: {log})")
+
+
+def running(folder: Path | None = None) -> list[Path]:
+    """The sockets of the shared processes in `folder` (default: this user's runtime folder)."""
+    return sorted((folder or runtime_dir()).glob("gx-*.sock"))
+
+
+def stop(folder: Path | None = None) -> int:
+    """End the shared processes in `folder` (`cosmos-warm stop`, a test's end); how many there were."""
+    ended = 0
+    for path in running(folder):
+        try:
+            with Client(str(path), family="AF_UNIX") as conn:
+                conn.send(("stop", ()))
+                conn.recv()
+        except (OSError, EOFError):
+            path.unlink(missing_ok=True)  # left by one that was killed
+            continue
+        ended += 1
+    return ended
+
+
+# --- the shared process ------------------------------------------------------------------------------------
+
+
+class _Server:
+    def __init__(self, path: Path, keep_alive_s: float) -> None:
+        self.path, self.keep_alive_s = path, keep_alive_s
+        self.lock = threading.Lock()  # one table at a time: GX's contexts are not shared between threads
+        self.busy = 0
+        self.last = time.monotonic()
+        self.ready = threading.Event()
+
+    def handle(self, conn: Connection) -> None:
+        try:
+            with conn:
+                self.answer(conn)
+        finally:
+            with self.lock:
+                self.busy -= 1
+                self.last = time.monotonic()
+
+    def answer(self, conn: Connection) -> None:
+        try:
+            function, args = conn.recv()
+        except (OSError, EOFError):
+            return
+        if function == "stop":
+            conn.send((True, None))
+            self.end()
+        self.ready.wait()
+        with self.lock:
+            try:
+                reply = (True, _run(function, args))
+            except Exception:  # noqa: BLE001  (the caller raises it)
+                reply = (False, traceback.format_exc())
+        with contextlib.suppress(OSError):
+            conn.send(reply)
+
+    def watch(self) -> None:
+        """End after `keep_alive_s` without a call."""
+        while True:
+            time.sleep(min(5.0, self.keep_alive_s / 4))
+            with self.lock:
+                if not self.busy and time.monotonic() - self.last > self.keep_alive_s:
+                    self.end()
+
+    def end(self) -> None:
+        """Callers queued on the socket find it closed and start another; the lock goes with the process."""
+        with contextlib.suppress(OSError):
+            self.path.unlink()
+        os._exit(0)
+
+
+def serve(path: Path, keep_alive_s: float) -> None:
+    lock = open(path.with_suffix(".lock"), "w")  # noqa: SIM115  (held for the process's life)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return  # another one for this code is starting or serving: callers reach it
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # its own session; SIGTERM ends it at once
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()  # a socket left by one that was killed
+    listener = Listener(str(path), family="AF_UNIX", backlog=64)
+    server = _Server(path, keep_alive_s)
+    threading.Thread(target=server.watch, daemon=True).start()
+
+    def warm_up() -> None:
+        from tasks.expectations import import_gx
+
+        import_gx()
+        print(f"GX imported in {time.process_time():.1f} s of CPU; serving on {path}", flush=True)
+        server.ready.set()
+
+    threading.Thread(target=warm_up, daemon=True).start()
+    while True:
+        conn = listener.accept()
+        with server.lock:
+            server.busy += 1
+        threading.Thread(target=server.handle, args=(conn,), daemon=True).start()
+
+
+if __name__ == "__main__":
+    serve(Path(sys.argv[1]), float(sys.argv[2]))
