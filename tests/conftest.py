@@ -4,13 +4,20 @@ Prefect reads its settings when imported, so its home and telemetry are set here
 test module imports it. The Prefect server (`prefect_test_harness`: a real API server in a
 subprocess, on a temporary SQLite database) and the MLflow store start once per session (once per
 worker process under `make test`); each test gets its own MLflow experiment and output folder.
+Every Prefect server the tests start on a new database starts on a copy of one that Prefect's own
+`prefect server database upgrade` migrated once for the run (`migrated_prefect_db`).
 """
 
+import contextlib
 import os
 import re
 import shutil
 import signal
+import subprocess
+import sys
 import tempfile
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +40,7 @@ os.environ["COSMOS_KEEP_ALIVE_S"] = "0"
 signal.signal(signal.SIGINT, signal.default_int_handler)
 
 REPO = Path(__file__).resolve().parents[1]
+PREFECT_DB = "TEST_PREFECT_DB_FOLDER"  # where `configure_run` migrates the run's Prefect database
 ASSETS = REPO / "assets"
 # Flags for a generation that takes about a second on a 2-core CPU with the embedded model.
 TINY_FLAGS: dict[str, Any] = {
@@ -62,8 +70,14 @@ LONGEST_FIRST = [
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    if hasattr(config, "workerinput"):
-        return  # a worker: the controller's environment is already its own
+    if not hasattr(config, "workerinput"):  # the controller (a worker inherits what it sets)
+        configure_run(config)
+    # The commands a test starts make their temporary Prefect server's database in this process's home.
+    threading.Thread(target=migrated_prefect_db, args=(Path(os.environ["PREFECT_HOME"]) / "prefect.db",),
+                     daemon=True).start()  # fmt: skip
+
+
+def configure_run(config: pytest.Config) -> None:
     # One embedded-model cache for the run, shared by the workers (each would build its own).
     if "COSMOS_CACHE_DIR" not in os.environ:
         os.environ["COSMOS_CACHE_DIR"] = tempfile.mkdtemp(prefix="cosmos-cache-")
@@ -72,6 +86,38 @@ def pytest_configure(config: pytest.Config) -> None:
     # never a developer's, and it ends with the run.
     os.environ["XDG_RUNTIME_DIR"] = tempfile.mkdtemp(prefix="cosmos-run-")
     config.add_cleanup(end_runtime_dir)
+    # A Prefect database migrated once, by Prefect's own command, while the workers start: each server a test
+    # starts on a new database (the test harness's, the stacks', commands' temporary ones) gets a copy
+    # instead of running the migrations again (~10 CPU-s each; `benchmarks/process_costs.py`).
+    folder = Path(tempfile.mkdtemp(prefix="prefect-db-"))
+    os.environ[PREFECT_DB] = str(folder)
+    script = '"$0" server database upgrade -y >log 2>&1 && mv home/prefect.db prefect.db || touch failed'
+    migrate = subprocess.Popen(
+        ["sh", "-c", script, str(Path(sys.executable).parent / "prefect")],
+        cwd=folder,
+        env=os.environ | {"PREFECT_HOME": str(folder / "home")},
+    )
+    config.add_cleanup(lambda: (migrate.kill(), migrate.wait(), shutil.rmtree(folder, ignore_errors=True)))
+
+
+def migrated_prefect_db(destination: Path) -> None:
+    """A copy of the run's migrated Prefect database at `destination`, unless a server made one there."""
+    folder = Path(os.environ[PREFECT_DB])
+    deadline = time.monotonic() + 300
+    while not (folder / "prefect.db").exists():
+        if (folder / "failed").exists() or time.monotonic() > deadline:
+            log = folder / "log"
+            raise RuntimeError(f"no migrated Prefect database: {log.read_text() if log.exists() else ''}")
+        time.sleep(0.2)
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    partial = destination.with_name(f"{destination.name}.{os.getpid()}.partial")
+    shutil.copyfile(folder / "prefect.db", partial)
+    try:
+        os.link(partial, destination)  # never over a database a server already uses
+    except FileExistsError:
+        pass
+    finally:
+        partial.unlink()
 
 
 def end_runtime_dir() -> None:
@@ -98,9 +144,17 @@ def embedded_cache() -> Path:
 @pytest.fixture(scope="session")
 def prefect_api():
     """A real Prefect API server for the session; flows run in this process report to it."""
-    from prefect.testing.utilities import prefect_test_harness
+    from prefect.testing import utilities
 
-    with prefect_test_harness(server_startup_timeout=120):
+    def migrated_folder() -> str:  # the harness's database, `prefect-test.db` in the folder it makes
+        folder = tempfile.mkdtemp()
+        migrated_prefect_db(Path(folder) / "prefect-test.db")
+        return folder
+
+    with contextlib.ExitStack() as started:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(utilities, "mkdtemp", migrated_folder)
+            started.enter_context(utilities.prefect_test_harness(server_startup_timeout=120))
         from prefect.settings import PREFECT_API_URL
 
         # In the environment too: a command run in-process (or a process a test starts) uses this server

@@ -21,7 +21,7 @@ from pathlib import Path
 import pgserver
 import pytest
 
-from tests.conftest import ASSETS, REPO
+from tests.conftest import ASSETS, REPO, migrated_prefect_db
 
 STACK_SCRIPT = REPO / "scripts" / "stack.py"
 _spec = importlib.util.spec_from_file_location("stack_script", STACK_SCRIPT)
@@ -165,6 +165,7 @@ def stack(
                "--mlflow-port", str(mlflow_port), "--gpus", "2"]  # fmt: skip
     prefect_api, tracking_uri = f"http://127.0.0.1:{prefect_port}/api", f"http://127.0.0.1:{mlflow_port}"
     running = Stack(folder, prefect_api, tracking_uri, inputs, outputs, env, command)
+    migrated_prefect_db(folder / "prefect" / "prefect.db")  # the server's PREFECT_HOME (scripts/stack.py)
     try:
         done = running.script("up")
         assert done.returncode == 0, done.stdout + done.stderr
