@@ -49,6 +49,7 @@ from cosmos_pipeline import tiny, toyworld  # noqa: E402
 
 STAGES = ("text", "vae", "stats", "pretrain", "posttrain", "lora")
 CONDITIONAL_FRAME_TIMESTEP = 0.0001  # the pipeline's default for conditioning frames
+REWARM = 0.03  # share of an extended stage's budget over which its learning rate climbs back
 FIT_MARGIN = 15.0  # seconds a fitted stage leaves before the deadline: the last steps, the EMA, the save
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2"]
 
@@ -256,23 +257,32 @@ def train_loop(
     """Optimise `model`'s trainable parameters on `step_loss(step)` until the stage's budget is spent
     (True) or the deadline comes (False; resumable). Keeps an EMA of the weights when the stage asks."""
     spec: Stage = getattr(run.config, stage)
+    path = run.dir / f"{stage}.pt"
+    saved = torch.load(path, map_location=run.device, weights_only=True) if path.exists() else None
+    already = saved["elapsed"] if saved is not None else 0.0  # seconds a resumed stage has trained
     budget = run.seconds(stage)
     recorded = run.state["stages"].get(stage, {}).get("budget")
     if recorded is not None and stage not in run.config.seconds_overrides:
         budget = recorded  # a resumed stage keeps the budget it started with, a fitted one too
     elif stage in run.config.fit:  # finish before the deadline, so that one call completes the stage
-        budget = max(1.0, min(budget, run.deadline - time.time() - FIT_MARGIN - reserve(run, stage)))
+        left = run.deadline - time.time() - FIT_MARGIN - reserve(run, stage)
+        budget = max(1.0, min(budget, already + left))  # the budget counts the seconds already trained
     run.record(stage, budget=round(budget, 1))
     run.log(f"{stage}: budget {budget:.0f} s")
+    # A stage trained to its end and resumed with a larger budget (--seconds) goes on from its weights:
+    # the learning rate climbs back from zero to the schedule's over REWARM of the budget, not at once.
+    finished = saved is not None and recorded is not None and already >= recorded - 1.0
+    extended = finished and budget > recorded + 1.0
+    rewarm_from = already if extended else None
+    if extended:
+        run.log(f"{stage}: extended from {already:.0f} s to {budget:.0f} s; learning rate re-warmed")
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(
         params, lr=spec.lr, betas=(0.9, 0.99), weight_decay=0.01, fused=run.device.type == "cuda"
     )
     ema = [p.detach().clone().float() for p in params] if spec.ema else []
-    path = run.dir / f"{stage}.pt"
     step, elapsed, smoothed = 0, 0.0, None
-    if path.exists():
-        saved = torch.load(path, map_location=run.device, weights_only=True)
+    if saved is not None:
         model.load_state_dict(saved["model"], strict=False)
         optimizer.load_state_dict(saved["optimizer"])
         for e, value in zip(ema, saved["ema"], strict=True):
@@ -297,8 +307,11 @@ def train_loop(
             return False
         started = time.monotonic()
         progress = max(elapsed / budget, step / spec.max_steps if spec.max_steps else 0.0)
+        lr = learning_rate(spec.lr, progress)
+        if rewarm_from is not None:
+            lr *= min(1.0, (elapsed - rewarm_from) / max(1e-6, REWARM * budget))
         for group in optimizer.param_groups:
-            group["lr"] = learning_rate(spec.lr, progress)
+            group["lr"] = lr
         loss = step_loss(step)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -9,6 +9,8 @@
 # done (the 30 s between two calls may be too short to unpack the tar here); $PRESET, the acceleration
 # preset of the frames and the evaluation (plain: the GPU's default gives NaN with this model); and
 # NO_FAST=1, which leaves the fast-mode cases (NaN on the GPU) out of the evaluation.
+# Attempt 5's second try added: the export and the frames are stopped by `timeout` before $EVAL_END
+# too, and SLIM=1 leaves the stages that a call does not train (text, vae) out of the returned tar.
 T0=$(date +%s)
 CKPT=${CKPT:-.toyworld/run3}
 EXPORT=${EXPORT:-.toyworld/export4}
@@ -31,21 +33,25 @@ fi
 grep -v "Loading weights\|Writing model" $OUT/train.log | tail -40
 if [ -n "$EVAL_END" ] && ls $CKPT/lora/*.safetensors >/dev/null 2>&1; then
   mkdir -p /tmp/extra
-  python3 scripts/train_toyworld.py --checkpoints $CKPT --export $EXPORT > /tmp/extra/export.log 2>&1
+  left=$(( EVAL_END - ($(date +%s) - T0) ))
+  timeout $(( left > 5 ? left : 5 )) python3 scripts/train_toyworld.py --checkpoints $CKPT --export $EXPORT > /tmp/extra/export.log 2>&1
   echo "export rc $? at $(( $(date +%s) - T0 )) s"
-  timeout 120 python3 benchmarks/toyworld/sample_frames.py --model_root $EXPORT --device cuda --out /tmp/extra/frames \
+  left=$(( EVAL_END - ($(date +%s) - T0) - 30 ))
+  timeout $(( left < 120 ? (left > 5 ? left : 5) : 120 )) python3 benchmarks/toyworld/sample_frames.py --model_root $EXPORT --device cuda --out /tmp/extra/frames \
       --sets heldout domain pre-heldout --count 3 --preset $PRESET > /tmp/extra/frames.log 2>&1
   echo "frames rc $? at $(( $(date +%s) - T0 )) s"; grep '^{' /tmp/extra/frames.log
   left=$(( EVAL_END - ($(date +%s) - T0) ))
   CASES=()
   [ "$NO_FAST" = 1 ] && CASES=(--cases "held-out, post-trained" "held-out, post-trained, guidance 1" "held-out, pre-trained" \
       "two objects, post-trained" "two objects, pre-trained" "Image2World, post-trained")
-  timeout $left python3 scripts/evaluate_toyworld.py --device cuda --model_root $EXPORT --interleave --preset $PRESET \
+  timeout $(( left > 1 ? left : 1 )) python3 scripts/evaluate_toyworld.py --device cuda --model_root $EXPORT --interleave --preset $PRESET \
       "${CASES[@]}" $EVAL_ARGS > $OUT/eval.log 2>&1
   echo "eval rc $? at $(( $(date +%s) - T0 )) s"
   tail -n 12 $OUT/eval.log
   tar czf $OUT/extra.tgz -C /tmp extra
 fi
 [ -n "$KEEP" ] && rm -rf $KEEP && mkdir -p $(dirname $KEEP) && cp -a $CKPT $KEEP
-tar czf - $CKPT $( [ -d $EXPORT ] && echo $EXPORT ) 2>/dev/null | split -b 15m - $OUT/ckpt.tgz.
+SKIP=()
+[ "$SLIM" = 1 ] && SKIP=(--exclude "$CKPT/text" --exclude "$CKPT/vae" --exclude "$CKPT/vae-raw" --exclude "$CKPT/vae.pt")
+tar czf - "${SKIP[@]}" $CKPT $( [ -d $EXPORT ] && echo $EXPORT ) 2>/dev/null | split -b 15m - $OUT/ckpt.tgz.
 ls -la $OUT; echo "end $(( $(date +%s) - T0 )) s"
