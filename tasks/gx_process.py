@@ -15,6 +15,7 @@ pandas and GX, so callers that arrive meanwhile queue instead of starting anothe
 
 import contextlib
 import fcntl
+import functools
 import hashlib
 import importlib.metadata
 import logging
@@ -34,6 +35,7 @@ from tasks.runtime import runtime_dir
 
 KEEP_ALIVE_S = 600.0
 START_TIMEOUT_S = 60.0  # from starting it to its socket accepting: an interpreter and this module
+MAX_SOCKET_PATH = 107  # bytes: Linux's limit for a Unix socket's path
 CODE = [Path(__file__), Path(__file__).with_name("expectations.py")]
 
 logger = logging.getLogger(__name__)
@@ -44,13 +46,21 @@ def keep_alive_s() -> float:
     return float(os.environ.get("COSMOS_GX_KEEP_ALIVE_S", KEEP_ALIVE_S))
 
 
-def address() -> Path:
-    """This code's socket: another interpreter, GX version or edit of the code gets another process."""
+@functools.cache
+def _code_key() -> str:
     digest = hashlib.sha256(sys.executable.encode())
     digest.update(importlib.metadata.version("great_expectations").encode())
     for path in CODE:
         digest.update(path.read_bytes())
-    return runtime_dir() / f"gx-{digest.hexdigest()[:16]}.sock"
+    return digest.hexdigest()[:16]
+
+
+def address() -> Path:
+    """This code's socket: another interpreter, GX version or edit of the code gets another process."""
+    path = runtime_dir() / f"gx-{_code_key()}.sock"
+    if len(os.fsencode(path)) > MAX_SOCKET_PATH:
+        raise _Unavailable(f"its socket's path would be too long ({path}); set XDG_RUNTIME_DIR shorter")
+    return path
 
 
 # --- the callers' side ------------------------------------------------------------------------------------
@@ -67,22 +77,40 @@ def start() -> "Future[Any]":
     return submit("ready")
 
 
+class _Unavailable(OSError):
+    """No shared process for this caller: its calls run in its own process from then on."""
+
+
+_unavailable: str | None = None  # why, once a call found it so
+
+
 def _call(function: str, args: tuple) -> Any:
-    if keep_alive_s() > 0:
-        for attempt in range(2):  # a process ending at its keep-alive may drop a call that arrived just then
-            try:
-                with _connect() as conn:
-                    conn.send((function, args))
-                    ok, value = conn.recv()
-            except (OSError, EOFError) as error:
-                if attempt or isinstance(error, _NotStarted):
-                    logger.warning("GX's shared process: %s; validating in this process", error)
-                    break
-                continue
-            if not ok:
-                raise RuntimeError(f"GX's shared process failed:\n{value}")
-            return value
+    global _unavailable
+    if keep_alive_s() > 0 and _unavailable is None:
+        try:
+            return _call_shared(function, args)
+        except _Unavailable as error:
+            _unavailable = str(error)
+            logger.warning("GX's shared process: %s; validating in this process", error)
     return _run(function, args)
+
+
+def _call_shared(function: str, args: tuple) -> Any:
+    for attempt in range(2):  # a process ending at its keep-alive may drop a call that arrived just then
+        try:
+            with _connect() as conn:
+                conn.send((function, args))
+                ok, value = conn.recv()
+        except _Unavailable:
+            raise
+        except (OSError, EOFError) as error:
+            if attempt:
+                raise _Unavailable(f"it dropped two calls in a row ({error!r})") from error
+            continue
+        if not ok:
+            raise RuntimeError(f"GX's shared process failed:\n{value}")
+        return value
+    raise AssertionError("unreachable")
 
 
 def _run(function: str, args: tuple) -> Any:
@@ -96,12 +124,11 @@ def _run(function: str, args: tuple) -> Any:
     return getattr(expectations, function)(*args)
 
 
-class _NotStarted(OSError):
-    pass
-
-
 def _connect() -> Connection:
-    path = address()
+    try:
+        path = address()
+    except PermissionError as error:  # a runtime folder that others could open
+        raise _Unavailable(str(error)) from error
     with contextlib.suppress(OSError):
         return Client(str(path), family="AF_UNIX")
     log = path.with_suffix(".log")
@@ -121,7 +148,7 @@ def _connect() -> Connection:
         if process.poll() not in (None, 0):  # 0: another caller's process holds the lock and starts
             break
         time.sleep(0.05)
-    raise _NotStarted(f"it did not start (its log: {log})")
+    raise _Unavailable(f"it did not start (its log: {log})")
 
 
 def running(folder: Path | None = None) -> list[Path]:

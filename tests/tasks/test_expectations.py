@@ -29,12 +29,12 @@ CALLER = textwrap.dedent(
 )
 
 
-def caller(env: dict[str, str]) -> tuple[str, int]:
+def caller(env: dict[str, str], here: bool = False) -> tuple[str, int]:
     command = [sys.executable, "-c", CALLER]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     rows, pid = done.stdout.split("\n")[:2]
-    assert "validating in this process" not in done.stderr, done.stderr
+    assert ("validating in this process" in done.stderr) == here, done.stderr
     return rows, int(pid)
 
 
@@ -89,5 +89,16 @@ def test_cosmos_warm_stop_ends_it_and_keep_alive_0_validates_in_the_caller(runti
         time.sleep(0.1)
     assert not alive(pid) and not socket_of(runtime)
 
-    rows, here = caller(env | {"COSMOS_GX_KEEP_ALIVE_S": "0"})
+    rows, _ = caller(env | {"COSMOS_GX_KEEP_ALIVE_S": "0"})
     assert rows == "[1]" and not socket_of(runtime)
+
+
+def test_a_caller_that_cannot_reach_one_validates_itself_and_says_why_once(runtime, monkeypatch, caplog):
+    from tasks import gx_process
+
+    monkeypatch.setattr(gx_process, "_unavailable", None)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime / ("x" * 100)))  # too long for a socket's path
+    (runtime / ("x" * 100)).mkdir(mode=0o700)
+    assert [gx_process.submit("pid").result() for _ in range(2)] == [os.getpid()] * 2  # in this process
+    [warning] = [record.getMessage() for record in caplog.records if record.name == gx_process.__name__]
+    assert "its socket's path would be too long" in warning and "set XDG_RUNTIME_DIR shorter" in warning
