@@ -6,10 +6,12 @@
 time goes. Each figure is the median of `--runs` fresh processes (user + system seconds, from the kernel's
 accounting of the reaped child):
 - `flow_run_imports`: what a flow-run process imports before it runs the `generate` flow;
-- `gx_import`: what GX's helper process imports (`tasks.expectations`);
+- `gx_import`: what GX's shared process imports (`tasks.gx_process`; once per user and host);
 - `warm_worker_imports`: what a warm worker imports before it serves (`tasks.warm`, the model code);
 - `prefect_server_new_db`: `prefect server start` on a new database until `/api/health` answers (its imports
-  and the database migrations), then `prefect_server_idle_per_min` with nothing connected.
+  and the database migrations), then `prefect_server_idle_per_min` with nothing connected, and
+  `prefect_server_migrated_db`: the same server started again on the database it migrated (what the tests'
+  servers start on: `tests/conftest.py`'s `migrated_prefect_db`).
 Nothing here is a pass/fail test; the machine's other load shows as spread (min, median, max).
 """
 
@@ -61,33 +63,44 @@ def group_cpu(pid: int) -> float:
     return total / tick
 
 
-def prefect_server(idle_s: float) -> tuple[float, float]:
-    """CPU to start a Prefect server on a new database, and its idle CPU per minute."""
+def start_server(home: str) -> tuple[subprocess.Popen, float]:
+    """`prefect server start` on `home`'s database; the server and its CPU once `/api/health` answers."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    with tempfile.TemporaryDirectory() as home:
-        env = {**os.environ, "PREFECT_HOME": home, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-        server = subprocess.Popen(
-            [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-        )  # fmt: skip
+    env = {**os.environ, "PREFECT_HOME": home, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    server = subprocess.Popen(
+        [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    while True:
         try:
-            while True:
-                try:
-                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=2):
-                        break
-                except OSError:
-                    if server.poll() is not None:
-                        raise RuntimeError("the Prefect server exited") from None
-                    time.sleep(0.2)
-            started = group_cpu(server.pid)
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=2):
+                return server, group_cpu(server.pid)
+        except OSError:
+            if server.poll() is not None:
+                raise RuntimeError("the Prefect server exited") from None
+            time.sleep(0.2)
+
+
+def stop_server(server: subprocess.Popen) -> None:
+    os.killpg(server.pid, 15)
+    server.wait(timeout=60)
+
+
+def prefect_server(idle_s: float) -> tuple[float, float, float]:
+    """CPU to start a Prefect server on a new database, its idle CPU per minute, and CPU to start it again
+    on the database the first start migrated."""
+    with tempfile.TemporaryDirectory() as home:
+        server, started = start_server(home)
+        try:
             time.sleep(idle_s)
             idle = (group_cpu(server.pid) - started) * 60 / idle_s
         finally:
-            os.killpg(server.pid, 15)
-            server.wait(timeout=60)
-    return started, idle
+            stop_server(server)
+        server, again = start_server(home)
+        stop_server(server)
+    return started, idle, again
 
 
 def summary(values: list[float]) -> dict[str, float]:
@@ -105,9 +118,10 @@ def main() -> None:
         results[name] = summary([import_cpu(statement) for _ in range(args.runs)])
         print(f"{name:<28} {results[name]['median']:6.2f} CPU-s (median of {args.runs})", flush=True)
     servers = [prefect_server(args.idle_s) for _ in range(args.runs)]
-    results["prefect_server_new_db"] = summary([start for start, _ in servers])
-    results["prefect_server_idle_per_min"] = summary([idle for _, idle in servers])
-    for name in ("prefect_server_new_db", "prefect_server_idle_per_min"):
+    results["prefect_server_new_db"] = summary([start for start, _, _ in servers])
+    results["prefect_server_idle_per_min"] = summary([idle for _, idle, _ in servers])
+    results["prefect_server_migrated_db"] = summary([again for _, _, again in servers])
+    for name in ("prefect_server_new_db", "prefect_server_idle_per_min", "prefect_server_migrated_db"):
         print(f"{name:<28} {results[name]['median']:6.2f} CPU-s (median of {args.runs})")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=1) + "\n")
