@@ -87,7 +87,11 @@ class Config:
     prompt_dropout: float = 0.15  # share of prompts replaced by the default negative prompt
     conditioning: tuple[float, float, float] = (0.5, 0.25, 0.25)  # none / 1 / 2 conditioning latent frames
     continuation: float = 0.25  # share of clips cut from later in their scene (always conditioned)
+    # The transformer's loss weighs each latent element by 1 + object_weight * coverage (coverage: the
+    # objects' pixel coverage, max-pooled onto the latent grid), so 10 weighs object latents 11x, 0 is
+    # uniform. Attempt 6 tests whether 10 paints the prompted colour over wide areas (TOYWORLD.md).
     object_weight: float = 10.0  # extra loss weight where objects are: they are what a prompt names
+    object_weight_override: float | None = None  # --object_weight: replaces a resumed stage's recorded one
     vae_object_weight: float = 10.0  # the same for the VAE's reconstruction: colour lives in the objects
     domain_share: float = 0.5  # post-training: share of two-object scenes
     lora_share: float = 0.5  # LoRA: share of pink scenes
@@ -173,6 +177,29 @@ class Run:
 
     def seconds(self, stage: str) -> float:
         return self.config.seconds_overrides.get(stage, getattr(self.config, stage).seconds)
+
+    def object_weight(self, stage: str) -> float:
+        """The transformer's object weight for `stage`: --object_weight if given, else the one the stage
+        recorded when it started (a resumed or extended stage keeps it), else the config's default."""
+        if self.config.object_weight_override is not None:
+            return self.config.object_weight_override
+        return self.state["stages"].get(stage, {}).get("object_weight", self.config.object_weight)
+
+    def use_object_weight(self, stage: str) -> float:
+        """Record the stage's object weight; when a stage trained with another one goes on with this
+        one, record the old weight and the seconds trained with it too."""
+        weight = self.object_weight(stage)
+        entry = self.state["stages"].get(stage, {})
+        resumed = (self.dir / f"{stage}.pt").exists()
+        before = entry.get("object_weight", self.config.object_weight if resumed else weight)
+        if before != weight:
+            trained = entry.get("seconds", 0.0)
+            self.record(stage, object_weight_before=before, object_weight_until_s=trained)
+            self.log(f"{stage}: object weight {weight:g} (was {before:g} for its first {trained:.0f} s)")
+        else:
+            self.log(f"{stage}: object weight {weight:g}")
+        self.record(stage, object_weight=weight)
+        return weight
 
     def autocast(self):
         return torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda")
@@ -587,7 +614,7 @@ def flow_matching_loss(
     bucket, (latents, coverage, prompts, starts) = spec.buckets[index], bank.entries[index]
     picked = torch.from_numpy(rng.choice(len(prompts), size=min(bucket.batch, len(prompts)), replace=False))
     picked = picked.to(run.device)
-    x0, weight = latents[picked].float(), 1 + run.config.object_weight * coverage[picked].float()
+    x0, weight = latents[picked].float(), 1 + run.object_weight(stage) * coverage[picked].float()
     batch, _, frames, height, width = x0.shape
     # conditioning latent frames: none, 1 or 2; clips cut from later in a scene are always conditioned
     cond = rng.choice(3, size=batch, p=run.config.conditioning) if frames > 2 else np.zeros(batch, dtype=int)
@@ -627,6 +654,7 @@ def stage_transformer(run: Run, stage: str) -> bool:
         transformer.load_state_dict(_load_weights(run, "pretrain"))
     transformer.to(run.device)
     bank = Bank(run, stage, "domain" if stage == "posttrain" else "general", encoders)
+    run.use_object_weight(stage)
     finished = train_loop(
         run,
         stage,
@@ -649,6 +677,7 @@ def stage_lora(run: Run) -> bool:
     transformer.add_adapter(LoraConfig(r=rank, lora_alpha=rank, target_modules=LORA_TARGETS))
     transformer.to(run.device)
     bank = Bank(run, "lora", "lora", encoders)
+    run.use_object_weight("lora")
     finished = train_loop(
         run,
         "lora",
@@ -786,6 +815,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--probe_every", type=float, default=0.0, help="seconds between held-out VAE checks while it trains"
     )
+    parser.add_argument(
+        "--object_weight",
+        type=float,
+        default=None,
+        help="the transformer stages' extra loss weight on object latents (weight 1 + X * coverage; "
+        f"default {FULL.object_weight:g}, 0: uniform); a resumed stage keeps its recorded one unless given",
+    )
     args = parser.parse_args(argv)
     overrides = {k: float(v) for k, v in (item.split("=", 1) for item in args.seconds)}
     base = SMOKE if args.smoke else FULL
@@ -797,6 +833,7 @@ def main(argv: list[str] | None = None) -> int:
         fit=tuple(args.fit),
         vae_gate=args.vae_gate,
         probe_every=args.probe_every,
+        object_weight_override=args.object_weight,
     )
     deadline = time.time() + (args.deadline if args.deadline is not None else 1e9)
     run = Run(config, args.checkpoints, args.device, deadline)
