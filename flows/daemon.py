@@ -20,7 +20,6 @@ GX's shared process (`tasks.gx_process`) keeps its own keep-alive; `cosmos-warm 
 
 import argparse
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -37,7 +36,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from tasks import gx_process
-from tasks.runtime import runtime_dir
+from tasks.runtime import hold_lock, runtime_dir
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("flows", "tasks", "cosmos_pipeline")  # what the warm process has imported: an edit ends it
@@ -289,10 +288,8 @@ def _stop_on_sigterm(signum: int, frame) -> None:
 
 def serve(path: Path, keep_alive_s: float) -> None:
     """The warm process: one call at a time until `keep_alive_s` pass without one."""
-    lock = open(path.with_suffix(".lock"), "w")  # noqa: SIM115  (held for the process's life)
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+    lock = hold_lock(path.with_suffix(".lock"))
+    if lock is None:
         return  # another one for this key is starting or serving: callers reach it
     started_code = code_key()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # its own session: a terminal's Ctrl-C is never meant for it

@@ -14,7 +14,6 @@ pandas and GX, so callers that arrive meanwhile queue instead of starting anothe
 """
 
 import contextlib
-import fcntl
 import functools
 import hashlib
 import importlib.metadata
@@ -31,7 +30,7 @@ from multiprocessing.connection import Client, Connection, Listener
 from pathlib import Path
 from typing import Any
 
-from tasks.runtime import runtime_dir
+from tasks.runtime import hold_lock, runtime_dir
 
 KEEP_ALIVE_S = 600.0
 START_TIMEOUT_S = 60.0  # from starting it to its socket accepting: an interpreter and this module
@@ -181,6 +180,7 @@ class _Server:
         self.busy = 0
         self.last = time.monotonic()
         self.ready = threading.Event()
+        self.failed: str | None = None  # why GX could not be imported: every call is told
 
     def handle(self, conn: Connection) -> None:
         try:
@@ -202,11 +202,13 @@ class _Server:
         self.ready.wait()
         with self.lock:
             try:
-                reply = (True, _run(function, args))
+                reply = (True, _run(function, args)) if self.failed is None else (False, self.failed)
             except Exception:  # noqa: BLE001  (the caller raises it)
                 reply = (False, traceback.format_exc())
         with contextlib.suppress(OSError):
             conn.send(reply)
+        if self.failed is not None:
+            self.end()  # the next caller starts one that tries again (after a repair, say)
 
     def watch(self) -> None:
         """End after `keep_alive_s` without a call."""
@@ -224,10 +226,8 @@ class _Server:
 
 
 def serve(path: Path, keep_alive_s: float) -> None:
-    lock = open(path.with_suffix(".lock"), "w")  # noqa: SIM115  (held for the process's life)
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+    lock = hold_lock(path.with_suffix(".lock"))
+    if lock is None:
         return  # another one for this code is starting or serving: callers reach it
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # its own session; SIGTERM ends it at once
     with contextlib.suppress(FileNotFoundError):
@@ -237,10 +237,14 @@ def serve(path: Path, keep_alive_s: float) -> None:
     threading.Thread(target=server.watch, daemon=True).start()
 
     def warm_up() -> None:
-        from tasks.expectations import import_gx
+        try:
+            from tasks.expectations import import_gx
 
-        import_gx()
-        print(f"GX imported in {time.process_time():.1f} s of CPU; serving on {path}", flush=True)
+            import_gx()
+            print(f"GX imported in {time.process_time():.1f} s of CPU; serving on {path}", flush=True)
+        except BaseException:  # noqa: BLE001  (callers get it: each call fails with it)
+            server.failed = traceback.format_exc()
+            print(server.failed, flush=True)
         server.ready.set()
 
     threading.Thread(target=warm_up, daemon=True).start()

@@ -1,9 +1,11 @@
 """The user's runtime folder: sockets, locks and logs of the processes that commands share on a host (the
 command line's warm process, GX's shared process)."""
 
+import fcntl
 import os
 import tempfile
 from pathlib import Path
+from typing import IO
 
 
 def runtime_dir() -> Path:
@@ -15,3 +17,15 @@ def runtime_dir() -> Path:
     if info.st_uid != os.getuid() or info.st_mode & 0o077:
         raise PermissionError(f"{folder} must belong to you and be closed to others (chmod 700)")
     return folder
+
+
+def hold_lock(path: Path) -> IO | None:
+    """An exclusive lock on `path`, held while the returned file stays open (for a shared process, its
+    life: the kernel drops it however the process ends); None if another process holds it."""
+    lock = open(path, "w")  # noqa: SIM115  (the caller keeps it open)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.close()
+        return None
+    return lock
