@@ -38,7 +38,6 @@ KINDS = [
     ("mlflow.server", "MLflow server (uvicorn)"),
     ("mlflow server", "MLflow server (launcher)"),
     ("prefect --no-prompt deploy", "prefect deploy"),
-    ("-m prefect --no-prompt deploy", "prefect deploy"),
     ("work-pool create", "prefect work-pool create"),
     ("exec(eval(sys.stdin.readline()))", "pytest-xdist worker"),
     ("-m pytest", "pytest"),

@@ -95,7 +95,8 @@ def _call(function: str, args: tuple) -> Any:
 
 
 def _call_shared(function: str, args: tuple) -> Any:
-    for attempt in range(2):  # a process ending at its keep-alive may drop a call that arrived just then
+    dropped: BaseException | None = None
+    for _ in range(2):  # a process ending at its keep-alive may drop a call that arrived just then
         try:
             with _connect() as conn:
                 conn.send((function, args))
@@ -103,13 +104,12 @@ def _call_shared(function: str, args: tuple) -> Any:
         except _Unavailable:
             raise
         except (OSError, EOFError) as error:
-            if attempt:
-                raise _Unavailable(f"it dropped two calls in a row ({error!r})") from error
+            dropped = error
             continue
         if not ok:
             raise RuntimeError(f"GX's shared process failed:\n{value}")
         return value
-    raise AssertionError("unreachable")
+    raise _Unavailable(f"it dropped two calls in a row ({dropped!r})") from dropped
 
 
 def _run(function: str, args: tuple) -> Any:
@@ -176,7 +176,8 @@ def stop(folder: Path | None = None) -> int:
 class _Server:
     def __init__(self, path: Path, keep_alive_s: float) -> None:
         self.path, self.keep_alive_s = path, keep_alive_s
-        self.lock = threading.Lock()  # one table at a time: GX's contexts are not shared between threads
+        self.gx = threading.Lock()  # one table at a time: GX's contexts are not shared between threads
+        self.lock = threading.Lock()  # `busy` and `last`: accepting a call never waits for a table
         self.busy = 0
         self.last = time.monotonic()
         self.ready = threading.Event()
@@ -200,7 +201,7 @@ class _Server:
             conn.send((True, None))
             self.end()
         self.ready.wait()
-        with self.lock:
+        with self.gx:
             try:
                 reply = (True, _run(function, args)) if self.failed is None else (False, self.failed)
             except Exception:  # noqa: BLE001  (the caller raises it)

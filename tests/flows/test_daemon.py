@@ -17,6 +17,7 @@ import pytest
 
 from cosmos_pipeline.media import read_video
 from flows import cli
+from tasks import gx_process
 from tests.conftest import REPO, TINY_ARGS
 from tests.flows.test_interrupts import SLOW, alive, descendants
 
@@ -167,7 +168,7 @@ def test_it_ends_after_its_keep_alive_leaving_nothing(warm: dict) -> None:
     assert not alive(pid)
     while [child for child in helpers if alive(child)] and time.monotonic() < deadline:
         time.sleep(0.2)  # multiprocessing's resource tracker ends once it sees its parent gone
-    left = [Path(f"/proc/{child}/cmdline").read_bytes() for child in helpers if alive(child)]
+    left = [cmdline(child) for child in helpers if alive(child)]
     assert not left  # multiprocessing's tracker, any server it started
-    assert not [path for path in warm["runtime"].glob("*.sock") if not path.name.startswith("gx-")]
+    assert not set(warm["runtime"].glob("*.sock")) - set(gx_process.running(warm["runtime"]))
     assert not warm_pids(warm)
