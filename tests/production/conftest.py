@@ -21,7 +21,7 @@ from pathlib import Path
 import pgserver
 import pytest
 
-from tests.conftest import ASSETS, REPO, migrated_prefect_db
+from tests.conftest import ASSETS, REPO
 
 STACK_SCRIPT = REPO / "scripts" / "stack.py"
 _spec = importlib.util.spec_from_file_location("stack_script", STACK_SCRIPT)
@@ -104,13 +104,18 @@ DB_PASSWORD = "pg-pa55-never-shown"
 
 @dataclass
 class Postgres:
-    """A PostgreSQL server (pgserver's bundled binaries, on a Unix socket only) with a `mlflow` database."""
+    """A PostgreSQL server (pgserver's bundled binaries, with `pg_trgm`, on a Unix socket only) with a
+    `mlflow` and a `prefect` database."""
 
     socket_dir: Path
 
     def uri(self, password: str = DB_PASSWORD) -> str:
         """SQLAlchemy's URI for psycopg 3, what the README tells users to pass as the backend store."""
         return f"postgresql+psycopg://postgres:{password}@/mlflow?host={self.socket_dir}"
+
+    def prefect_uri(self, password: str = DB_PASSWORD) -> str:
+        """Prefect's database URI (its asyncpg driver), as the README gives it."""
+        return f"postgresql+asyncpg://postgres:{password}@/prefect?host={self.socket_dir}"
 
     def count(self, table: str) -> int:
         import psycopg
@@ -126,6 +131,7 @@ def postgres() -> Iterator[Postgres]:
     server = pgserver.get_server(top / "data", cleanup_mode="delete")
     try:
         server.psql("CREATE DATABASE mlflow;")
+        server.psql("CREATE DATABASE prefect;")
         yield Postgres(Path(server.get_postmaster_info().socket_dir))
     finally:
         server.cleanup()
@@ -136,12 +142,12 @@ def postgres() -> Iterator[Postgres]:
 def stack(
     tmp_path_factory: pytest.TempPathFactory, embedded_cache: Path, postgres: Postgres
 ) -> Iterator[Stack]:
-    """Prefect server, MLflow server on PostgreSQL, work pool, deployments, two process workers and two warm
+    """Prefect and MLflow servers on PostgreSQL, work pool, deployments, two process workers and two warm
     workers.
 
     Two "GPUs" on a CPU machine: each worker pair is pinned to its own CUDA_VISIBLE_DEVICES, and both
-    share this host's CPU slot, so the slot allows two generations at once. The MLflow store is the
-    multi-user one the README documents, given as users are told to (in the environment).
+    share this host's CPU slot, so the slot allows two generations at once. Both servers keep their state
+    in the multi-user store the README documents, PostgreSQL.
     """
     root = tmp_path_factory.mktemp("stack")
     inputs, outputs = root / "inputs", root / "outputs"
@@ -159,14 +165,16 @@ def stack(
         "COSMOS_WARM_RESUBMISSIONS": "1",
         "COSMOS_RETRY_DELAY_S": "0",
         "PREFECT_WORKER_QUERY_SECONDS": "1",  # pick triggered runs up sooner than the default 10 s
+        # Both servers on PostgreSQL, given as the README tells users to (in the environment). On SQLite,
+        # Prefect's server sometimes held a write for its 60 s busy timeout (README "Production").
         "MLFLOW_BACKEND_STORE_URI": postgres.uri(),
+        "PREFECT_API_DATABASE_CONNECTION_URL": postgres.prefect_uri(),
     }
     folder = root / "state"
     command = [sys.executable, str(STACK_SCRIPT), "--dir", str(folder), "--prefect-port", str(prefect_port),
                "--mlflow-port", str(mlflow_port), "--gpus", "2"]  # fmt: skip
     prefect_api, tracking_uri = f"http://127.0.0.1:{prefect_port}/api", f"http://127.0.0.1:{mlflow_port}"
     running = Stack(folder, prefect_api, tracking_uri, inputs, outputs, env, command)
-    migrated_prefect_db(folder / "prefect" / "prefect.db")  # the server's PREFECT_HOME (scripts/stack.py)
     try:
         done = running.script("up")
         assert done.returncode == 0, done.stdout + done.stderr
