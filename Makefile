@@ -20,9 +20,11 @@ demo: $(BIN)/.installed
 	$(BIN)/cosmos-generate --model_id embedded:tiny --input_path assets/text2world.json \
 		--resolution 256p --num_output_frames 29 --seed 7 --output_path outputs/demo.mp4 --overwrite
 
+# The suite starts dozens of Python processes: where PYTHONDONTWRITEBYTECODE is set, each would compile
+# this project's modules (and pytest its test files) again; unset, they are compiled once (`__pycache__`).
 test: $(BIN)/.installed
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder
+	env -u PYTHONDONTWRITEBYTECODE $(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder
 
 ui-check: $(BIN)/.installed
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[ui]"

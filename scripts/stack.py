@@ -12,7 +12,8 @@
 healthy: a Prefect server, an MLflow tracking server (SQLite + a local artifact folder unless
 --backend-store-uri names e.g. PostgreSQL), the `cosmos-gpu` process work pool, `prefect deploy
 --all`, the zombie-run automation, and per GPU one process worker (`--limit 1`) and one warm worker
-(`cosmos-worker`), both pinned with CUDA_VISIBLE_DEVICES. Servers bind to loopback unless --host
+(`cosmos-worker`, started as soon as the Prefect server answers: their imports take longest), both
+pinned with CUDA_VISIBLE_DEVICES. Servers bind to loopback unless --host
 says otherwise. It is idempotent: what already runs is kept. Each service is its own process group
 with a pid file and a log under --dir (default .stack/); `down` stops them, workers first.
 
@@ -25,6 +26,7 @@ process (AWS_ACCESS_KEY_ID..., AWS_ENDPOINT_URL for another S3 server); nothing 
 """
 
 import argparse
+import functools
 import json
 import os
 import shutil
@@ -206,8 +208,11 @@ def urls(args: argparse.Namespace) -> tuple[str, str]:
 
 
 def gpu_count(args: argparse.Namespace) -> int:
-    if args.gpus != "auto":
-        return int(args.gpus)
+    return detected_gpus() if args.gpus == "auto" else int(args.gpus)
+
+
+@functools.cache
+def detected_gpus() -> int:
     smi = shutil.which("nvidia-smi")
     if smi is None:
         return 0
@@ -328,6 +333,7 @@ def up(args: argparse.Namespace) -> None:
               "--artifacts-destination", artifacts, "--workers", "1"]  # fmt: skip
     spawn(args, "mlflow-server", mlflow, {**env, "MLFLOW_BACKEND_STORE_URI": backend, **MLFLOW_SERVER_ENV})
     wait_for(args, "Prefect server", lambda: http_ok(f"{prefect_api}/health") is not None, ["prefect-server"])
+    warm = None if args.servers_only or args.cold else start_warm_workers(args, env)
     wait_for(args, "MLflow server", lambda: http_ok(f"{tracking}/health") is not None, ["mlflow-server"])
 
     run([str(BIN / "prefect"), "work-pool", "create", POOL, "--type", "process", "--overwrite"], env)
@@ -336,7 +342,7 @@ def up(args: argparse.Namespace) -> None:
     if args.object_store:
         ensure_result_storage(args.object_store, prefect_api)
     if not args.servers_only:
-        start_workers(args, env)
+        start_workers(args, env, warm)
     print(f"\nPrefect UI: {prefect_api.removesuffix('/api')}   MLflow UI: {tracking}")
     print(f'Use it from this shell: eval "$({sys.executable} {Path(__file__).relative_to(REPO)} env)"')
 
@@ -361,27 +367,49 @@ def worker(args: argparse.Namespace) -> None:
     start_workers(args, environment(args))
 
 
-def start_workers(args: argparse.Namespace, env: dict[str, str]) -> None:
-    """Per GPU a process worker (`--limit 1`) and, unless --cold, a warm worker, pinned to it."""
+def start_workers(args: argparse.Namespace, env: dict[str, str], warm: tuple[int, int] | None = None) -> None:
+    """Per GPU a process worker (`--limit 1`) and, unless --cold, a warm worker, pinned to it; `warm` when
+    the warm workers were started earlier (`start_warm_workers`)."""
     prefect_api, _ = urls(args)
-    listening = lambda: len(http_ok(f"{prefect_api}/task_workers/filter", {}) or [])  # noqa: E731
-    before, started = listening(), 0
-    gpus = gpu_count(args)
-    count = max(gpus, 1)
-    names = [f"{args.name}-gpu{index}" if gpus else f"{args.name}-cpu" for index in range(count)]
+    if warm is None and not args.cold:
+        warm = start_warm_workers(args, env)
+    names = worker_names(args)
     for index, name in enumerate(names):
-        pinned = {**env, "CUDA_VISIBLE_DEVICES": str(index)} if gpus else env
-        spawn(args, f"worker-{index}", [str(BIN / "prefect"), "worker", "start", "--pool", POOL,
-                                        "--limit", "1", "--name", name], pinned)  # fmt: skip
-        if not args.cold:
-            # `cosmos-worker` as a module of this checkout: the same code as the flow runs it serves (a
-            # task's key hashes its source, so a worker from another checkout would never be handed work).
-            started += spawn(args, f"warm-{index}", [sys.executable, "-m", "tasks.warm"], pinned)
-    workers = [f"worker-{index}" for index in range(count)]
-    wait_for(args, "process workers", lambda: online_workers(prefect_api, names) == count, workers)
-    if not args.cold:
-        warm = [f"warm-{index}" for index in range(count)]
-        wait_for(args, "warm workers", lambda: listening() >= before + started, warm)
+        command = [str(BIN / "prefect"), "worker", "start", "--pool", POOL, "--limit", "1", "--name", name]
+        spawn(args, f"worker-{index}", command, pinned(args, env, index))
+    workers = [f"worker-{index}" for index in range(len(names))]
+    wait_for(args, "process workers", lambda: online_workers(prefect_api, names) == len(names), workers)
+    if warm is not None:
+        before, started = warm
+        services = [f"warm-{index}" for index in range(len(names))]
+        wait_for(args, "warm workers", lambda: listening(prefect_api) >= before + started, services)
+
+
+def start_warm_workers(args: argparse.Namespace, env: dict[str, str]) -> tuple[int, int]:
+    """One warm worker per GPU; they need only the Prefect server, and their imports take longest, so `up`
+    starts them first. Returns the task workers listening before, and how many were started."""
+    prefect_api, _ = urls(args)
+    before, started = listening(prefect_api), 0
+    for index in range(len(worker_names(args))):
+        # `cosmos-worker` as a module of this checkout: the same code as the flow runs it serves (a task's
+        # key hashes its source, so a worker from another checkout would never be handed work).
+        command = [sys.executable, "-m", "tasks.warm"]
+        started += spawn(args, f"warm-{index}", command, pinned(args, env, index))
+    return before, started
+
+
+def worker_names(args: argparse.Namespace) -> list[str]:
+    gpus = gpu_count(args)
+    return [f"{args.name}-gpu{index}" for index in range(gpus)] if gpus else [f"{args.name}-cpu"]
+
+
+def pinned(args: argparse.Namespace, env: dict[str, str], index: int) -> dict[str, str]:
+    return {**env, "CUDA_VISIBLE_DEVICES": str(index)} if gpu_count(args) else env
+
+
+def listening(prefect_api: str) -> int:
+    """Task workers connected to the server."""
+    return len(http_ok(f"{prefect_api}/task_workers/filter", {}) or [])
 
 
 def online_workers(prefect_api: str, names: list[str]) -> int:

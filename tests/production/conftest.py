@@ -57,6 +57,23 @@ def prefect_client(api: str) -> Iterator:
         yield client
 
 
+def finished_runs(api: str, flow_run_ids: list, timeout: float) -> list:
+    """The flow runs, in the order given, once every one of them is in a final state (one request a poll)."""
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    runs: list = []
+    with prefect_client(api) as client:
+
+        def done() -> bool:
+            found = {run.id: run for run in client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=flow_run_ids)))}  # fmt: skip
+            runs[:] = [found[run_id] for run_id in flow_run_ids if run_id in found]
+            return len(runs) == len(flow_run_ids) and all(run.state and run.state.is_final() for run in runs)
+
+        wait_until(done, f"flow runs {flow_run_ids} finishing", timeout)
+    return runs
+
+
 def http_ok(url: str) -> bool:
     import requests
 

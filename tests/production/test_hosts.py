@@ -40,6 +40,7 @@ from .conftest import (
     TINY_OVERRIDES,
     ObjectStore,
     Postgres,
+    finished_runs,
     free_port,
     kill_group,
     prefect_client,
@@ -96,15 +97,7 @@ class Hosts:
             return run_deployment(GENERATE, parameters=parameters, timeout=0).id
 
     def finished(self, flow_run_ids: list[UUID], timeout: float = 480) -> list:
-        runs: list = []
-        with prefect_client(self.prefect_api) as client:
-
-            def done() -> bool:
-                runs[:] = [client.read_flow_run(run_id) for run_id in flow_run_ids]
-                return all(run.state is not None and run.state.is_final() for run in runs)
-
-            wait_until(done, f"flow runs {flow_run_ids} finishing", timeout)
-        return runs
+        return finished_runs(self.prefect_api, flow_run_ids, timeout)
 
     def logs(self, flow_run_id: UUID) -> str:
         with prefect_client(self.prefect_api) as client:

@@ -32,6 +32,7 @@ from .conftest import (
     TINY_OVERRIDES,
     Postgres,
     Stack,
+    finished_runs,
     http_ok,
     prefect_client,
     stack_script,
@@ -47,16 +48,7 @@ def trigger(stack: Stack, deployment: str, **parameters) -> UUID:
 
 
 def finished(stack: Stack, flow_run_ids: list[UUID], timeout: float = 240) -> list[FlowRun]:
-    """The flow runs once every one of them is in a final state."""
-    runs: list[FlowRun] = []
-    with prefect_client(stack.prefect_api) as client:
-
-        def done() -> bool:
-            runs[:] = [client.read_flow_run(run_id) for run_id in flow_run_ids]
-            return all(run.state is not None and run.state.is_final() for run in runs)
-
-        wait_until(done, f"flow runs {flow_run_ids} finishing", timeout)
-    return runs
+    return finished_runs(stack.prefect_api, flow_run_ids, timeout)
 
 
 def beats(client) -> list[tuple[str, dict]]:
