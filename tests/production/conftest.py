@@ -62,11 +62,11 @@ def finished_runs(api: str, flow_run_ids: list, timeout: float) -> list:
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
     runs: list = []
+    these = FlowRunFilter(id=FlowRunFilterId(any_=flow_run_ids))
     with prefect_client(api) as client:
 
         def done() -> bool:
-            found = {run.id: run for run in client.read_flow_runs(
-                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=flow_run_ids)))}  # fmt: skip
+            found = {run.id: run for run in client.read_flow_runs(flow_run_filter=these)}
             runs[:] = [found[run_id] for run_id in flow_run_ids if run_id in found]
             return len(runs) == len(flow_run_ids) and all(run.state and run.state.is_final() for run in runs)
 
