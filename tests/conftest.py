@@ -87,8 +87,8 @@ def configure_run(config: pytest.Config) -> None:
     os.environ["XDG_RUNTIME_DIR"] = tempfile.mkdtemp(prefix="cosmos-run-")
     config.add_cleanup(end_runtime_dir)
     # A Prefect database migrated once, by Prefect's own command, while the workers start: each server a test
-    # starts on a new database (the test harness's, the stacks', commands' temporary ones) gets a copy
-    # instead of running the migrations again (~10 CPU-s each; `benchmarks/process_costs.py`).
+    # starts on a new SQLite database (the test harness's, the several-hosts stack's, commands' temporary
+    # ones) gets a copy instead of migrating again (~10 CPU-s each; `benchmarks/process_costs.py`).
     folder = Path(tempfile.mkdtemp(prefix="prefect-db-"))
     os.environ[PREFECT_DB] = str(folder)
     script = '"$0" server database upgrade -y >log 2>&1 && mv home/prefect.db prefect.db || touch failed'
