@@ -89,7 +89,7 @@ class Config:
     continuation: float = 0.25  # share of clips cut from later in their scene (always conditioned)
     # The transformer's loss weighs each latent element by 1 + object_weight * coverage (coverage: the
     # objects' pixel coverage, max-pooled onto the latent grid), so 10 weighs object latents 11x, 0 is
-    # uniform. Attempt 6 tests whether 10 paints the prompted colour over wide areas (TOYWORLD.md).
+    # uniform. Attempt 6 trained with 0: the wide bands of the prompted colour stayed (TOYWORLD.md).
     object_weight: float = 10.0  # extra loss weight where objects are: they are what a prompt names
     object_weight_override: float | None = None  # --object_weight: replaces a resumed stage's recorded one
     vae_object_weight: float = 10.0  # the same for the VAE's reconstruction: colour lives in the objects
