@@ -333,7 +333,9 @@ def up(args: argparse.Namespace) -> None:
               "--artifacts-destination", artifacts, "--workers", "1"]  # fmt: skip
     spawn(args, "mlflow-server", mlflow, {**env, "MLFLOW_BACKEND_STORE_URI": backend, **MLFLOW_SERVER_ENV})
     wait_for(args, "Prefect server", lambda: http_ok(f"{prefect_api}/health") is not None, ["prefect-server"])
-    warm = None if args.servers_only or args.cold else start_warm_workers(args, env)
+    warm = not (args.servers_only or args.cold)
+    if warm:
+        start_warm_workers(args, env)
     wait_for(args, "MLflow server", lambda: http_ok(f"{tracking}/health") is not None, ["mlflow-server"])
 
     run([str(BIN / "prefect"), "work-pool", "create", POOL, "--type", "process", "--overwrite"], env)
@@ -342,7 +344,7 @@ def up(args: argparse.Namespace) -> None:
     if args.object_store:
         ensure_result_storage(args.object_store, prefect_api)
     if not args.servers_only:
-        start_workers(args, env, warm)
+        start_workers(args, env, warm_started=warm)
     print(f"\nPrefect UI: {prefect_api.removesuffix('/api')}   MLflow UI: {tracking}")
     print(f'Use it from this shell: eval "$({sys.executable} {Path(__file__).relative_to(REPO)} env)"')
 
@@ -367,35 +369,34 @@ def worker(args: argparse.Namespace) -> None:
     start_workers(args, environment(args))
 
 
-def start_workers(args: argparse.Namespace, env: dict[str, str], warm: tuple[int, int] | None = None) -> None:
-    """Per GPU a process worker (`--limit 1`) and, unless --cold, a warm worker, pinned to it; `warm` when
-    the warm workers were started earlier (`start_warm_workers`)."""
+def start_workers(args: argparse.Namespace, env: dict[str, str], warm_started: bool = False) -> None:
+    """Per GPU a process worker (`--limit 1`) and, unless --cold, a warm worker, pinned to it (started
+    earlier by `start_warm_workers` where `warm_started`)."""
     prefect_api, _ = urls(args)
-    if warm is None and not args.cold:
-        warm = start_warm_workers(args, env)
+    if not args.cold and not warm_started:
+        start_warm_workers(args, env)
     names = worker_names(args)
     for index, name in enumerate(names):
         command = [str(BIN / "prefect"), "worker", "start", "--pool", POOL, "--limit", "1", "--name", name]
         spawn(args, f"worker-{index}", command, pinned(args, env, index))
     workers = [f"worker-{index}" for index in range(len(names))]
     wait_for(args, "process workers", lambda: online_workers(prefect_api, names) == len(names), workers)
-    if warm is not None:
-        before, started = warm
+    if not args.cold:
         services = [f"warm-{index}" for index in range(len(names))]
-        wait_for(args, "warm workers", lambda: listening(prefect_api) >= before + started, services)
+        # Prefect's task worker calls itself "<host>-<pid>"; a count would be fooled by a worker that just
+        # died and is still counted while this one connects.
+        mine = {f"{socket.gethostname()}-{running(args, name)}" for name in services}
+        wait_for(args, "warm workers", lambda: mine <= listening(prefect_api), services)
 
 
-def start_warm_workers(args: argparse.Namespace, env: dict[str, str]) -> tuple[int, int]:
+def start_warm_workers(args: argparse.Namespace, env: dict[str, str]) -> None:
     """One warm worker per GPU; they need only the Prefect server, and their imports take longest, so `up`
-    starts them first. Returns the task workers listening before, and how many were started."""
-    prefect_api, _ = urls(args)
-    before, started = listening(prefect_api), 0
+    starts them first (`start_workers` waits for them)."""
     for index in range(len(worker_names(args))):
         # `cosmos-worker` as a module of this checkout: the same code as the flow runs it serves (a task's
         # key hashes its source, so a worker from another checkout would never be handed work).
         command = [sys.executable, "-m", "tasks.warm"]
-        started += spawn(args, f"warm-{index}", command, pinned(args, env, index))
-    return before, started
+        spawn(args, f"warm-{index}", command, pinned(args, env, index))
 
 
 def worker_names(args: argparse.Namespace) -> list[str]:
@@ -407,9 +408,10 @@ def pinned(args: argparse.Namespace, env: dict[str, str], index: int) -> dict[st
     return {**env, "CUDA_VISIBLE_DEVICES": str(index)} if gpu_count(args) else env
 
 
-def listening(prefect_api: str) -> int:
-    """Task workers connected to the server."""
-    return len(http_ok(f"{prefect_api}/task_workers/filter", {}) or [])
+def listening(prefect_api: str) -> set[str]:
+    """The task workers connected to the server, by name."""
+    found = http_ok(f"{prefect_api}/task_workers/filter", {}) or []
+    return {worker.get("identifier") for worker in found if isinstance(worker, dict)}
 
 
 def online_workers(prefect_api: str, names: list[str]) -> int:
