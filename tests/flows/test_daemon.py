@@ -19,7 +19,7 @@ from cosmos_pipeline.media import read_video
 from flows import cli
 from tasks import gx_process
 from tests.conftest import REPO, TINY_ARGS
-from tests.flows.test_interrupts import SLOW, alive, descendants
+from tests.flows.test_interrupts import SLOW, alive, command_line, descendants
 
 SCRIPT = [sys.executable, str(REPO / "scripts" / "diffusers_inference.py")]
 FAST = [*TINY_ARGS, "--num_output_frames", "5", "--seed", "3"]
@@ -58,13 +58,6 @@ def call(warm: dict, *args: str, keep_alive: str = "60") -> subprocess.Completed
 
 def warm_pids(warm: dict) -> list[int]:
     return [json.loads(path.read_text())["pid"] for path in warm["runtime"].glob("*.json")]
-
-
-def cmdline(pid: int) -> bytes:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return b""
 
 
 def killed_runs(mlflow_client) -> int:
@@ -159,7 +152,7 @@ def test_ctrl_c_and_a_killed_caller_stop_the_run_and_a_busy_one_runs_here(warm: 
 def test_it_ends_after_its_keep_alive_leaving_nothing(warm: dict) -> None:
     [pid] = warm_pids(warm)
     # GX's shared process, which it started, keeps its own keep-alive (the fixture stops it).
-    helpers = {child for child in descendants(pid) if b"tasks.gx_process" not in cmdline(child)}
+    helpers = {child for child in descendants(pid) if b"tasks.gx_process" not in command_line(child)}
     done = call(warm, *FAST, "--prompt", "the last call", "--output_path", "last.mp4", keep_alive="1")
     assert done.returncode == 0, done.stderr
     deadline = time.monotonic() + 30
@@ -168,7 +161,7 @@ def test_it_ends_after_its_keep_alive_leaving_nothing(warm: dict) -> None:
     assert not alive(pid)
     while [child for child in helpers if alive(child)] and time.monotonic() < deadline:
         time.sleep(0.2)  # multiprocessing's resource tracker ends once it sees its parent gone
-    left = [cmdline(child) for child in helpers if alive(child)]
+    left = [command_line(child) for child in helpers if alive(child)]
     assert not left  # multiprocessing's tracker, any server it started
     assert not set(warm["runtime"].glob("*.sock")) - set(gx_process.running(warm["runtime"]))
     assert not warm_pids(warm)
