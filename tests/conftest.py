@@ -36,7 +36,8 @@ for key in [key for key in os.environ if key.startswith("COSMOS_") and key != "C
 os.environ["COSMOS_KEEP_ALIVE_S"] = "0"
 # The suite runs many torch processes at once on a few cores. OpenMP's threads (torch's CPU kernels) spin
 # between parallel regions by default, burning the cores that the other processes wait for: sleeping
-# instead cut a generation-heavy part of the suite from 110 to 83 CPU-s and 64 to 54 s (README "Tests").
+# instead cut a generation-heavy part of the suite by about a quarter, in CPU and in wall time
+# (`benchmarks/omp_wait_policy.sh`; benchmarks/RESULTS.md).
 # Set before torch is imported (libgomp reads it when loaded); every process the tests start inherits it.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # Run as a background job (`make test &`), pytest inherits SIGINT ignored, and so would every process the
