@@ -333,9 +333,7 @@ def up(args: argparse.Namespace) -> None:
               "--artifacts-destination", artifacts, "--workers", "1"]  # fmt: skip
     spawn(args, "mlflow-server", mlflow, {**env, "MLFLOW_BACKEND_STORE_URI": backend, **MLFLOW_SERVER_ENV})
     wait_for(args, "Prefect server", lambda: http_ok(f"{prefect_api}/health") is not None, ["prefect-server"])
-    warm = not (args.servers_only or args.cold)
-    if warm:
-        start_warm_workers(args, env)
+    warm = None if args.servers_only or args.cold else start_warm_workers(args, env)
     wait_for(args, "MLflow server", lambda: http_ok(f"{tracking}/health") is not None, ["mlflow-server"])
 
     run([str(BIN / "prefect"), "work-pool", "create", POOL, "--type", "process", "--overwrite"], env)
@@ -344,7 +342,7 @@ def up(args: argparse.Namespace) -> None:
     if args.object_store:
         ensure_result_storage(args.object_store, prefect_api)
     if not args.servers_only:
-        start_workers(args, env, warm_started=warm)
+        start_workers(args, env, warm)
     print(f"\nPrefect UI: {prefect_api.removesuffix('/api')}   MLflow UI: {tracking}")
     print(f'Use it from this shell: eval "$({sys.executable} {Path(__file__).relative_to(REPO)} env)"')
 
@@ -369,34 +367,37 @@ def worker(args: argparse.Namespace) -> None:
     start_workers(args, environment(args))
 
 
-def start_workers(args: argparse.Namespace, env: dict[str, str], warm_started: bool = False) -> None:
-    """Per GPU a process worker (`--limit 1`) and, unless --cold, a warm worker, pinned to it (started
-    earlier by `start_warm_workers` where `warm_started`)."""
+def start_workers(args: argparse.Namespace, env: dict[str, str], warm: list[str] | None = None) -> None:
+    """Per GPU a process worker (`--limit 1`) and, unless --cold, a warm worker, pinned to it; `warm`: the
+    warm workers `start_warm_workers` started earlier (None: it runs here)."""
     prefect_api, _ = urls(args)
-    if not args.cold and not warm_started:
-        start_warm_workers(args, env)
+    if warm is None:
+        warm = [] if args.cold else start_warm_workers(args, env)
     names = worker_names(args)
     for index, name in enumerate(names):
         command = [str(BIN / "prefect"), "worker", "start", "--pool", POOL, "--limit", "1", "--name", name]
         spawn(args, f"worker-{index}", command, pinned(args, env, index))
     workers = [f"worker-{index}" for index in range(len(names))]
     wait_for(args, "process workers", lambda: online_workers(prefect_api, names) == len(names), workers)
-    if not args.cold:
-        services = [f"warm-{index}" for index in range(len(names))]
-        # Prefect's task worker calls itself "<host>-<pid>"; a count would be fooled by a worker that just
-        # died and is still counted while this one connects.
-        mine = {f"{socket.gethostname()}-{running(args, name)}" for name in services}
-        wait_for(args, "warm workers", lambda: mine <= listening(prefect_api), services)
+    if warm:
+        # The ones started now, by name: Prefect's task worker calls itself "<host>-<pid>". (A count was
+        # fooled by a worker killed a moment before, still counted; one already running may be busy, and
+        # a busy warm worker does not listen.)
+        mine = {f"{socket.gethostname()}-{running(args, name)}" for name in warm}
+        wait_for(args, "warm workers", lambda: mine <= listening(prefect_api), warm)
 
 
-def start_warm_workers(args: argparse.Namespace, env: dict[str, str]) -> None:
+def start_warm_workers(args: argparse.Namespace, env: dict[str, str]) -> list[str]:
     """One warm worker per GPU; they need only the Prefect server, and their imports take longest, so `up`
-    starts them first (`start_workers` waits for them)."""
+    starts them first. Returns those it started (not those already running), which `start_workers` awaits."""
+    started = []
     for index in range(len(worker_names(args))):
         # `cosmos-worker` as a module of this checkout: the same code as the flow runs it serves (a task's
         # key hashes its source, so a worker from another checkout would never be handed work).
         command = [sys.executable, "-m", "tasks.warm"]
-        spawn(args, f"warm-{index}", command, pinned(args, env, index))
+        if spawn(args, f"warm-{index}", command, pinned(args, env, index)):
+            started.append(f"warm-{index}")
+    return started
 
 
 def worker_names(args: argparse.Namespace) -> list[str]:
