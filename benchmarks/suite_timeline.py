@@ -12,6 +12,7 @@ ordering the files can win back. Run it on an otherwise idle machine: other load
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -87,6 +88,7 @@ def main() -> None:
             span = files.setdefault(event["id"].split("::")[0], [event["t"], event["t"]])
             span[1] = max(span[1], event["t"])
         spans[log.stem] = files
+    shutil.rmtree(folder)
     if len(spans) > 1:
         spans.pop("main", None)  # xdist's controller, which hears of every worker's tests
     if not spans:
