@@ -19,7 +19,7 @@ from cosmos_pipeline.media import read_video
 from flows import cli
 from tasks import gx_process
 from tests.conftest import REPO, TINY_ARGS
-from tests.flows.test_interrupts import SLOW, alive, command_line, descendants
+from tests.flows.test_interrupts import SLOW, helpers_of, left_alive
 
 SCRIPT = [sys.executable, str(REPO / "scripts" / "diffusers_inference.py")]
 FAST = [*TINY_ARGS, "--num_output_frames", "5", "--seed", "3"]
@@ -152,16 +152,12 @@ def test_ctrl_c_and_a_killed_caller_stop_the_run_and_a_busy_one_runs_here(warm: 
 def test_it_ends_after_its_keep_alive_leaving_nothing(warm: dict) -> None:
     [pid] = warm_pids(warm)
     # GX's shared process, which it started, keeps its own keep-alive (the fixture stops it).
-    helpers = {child for child in descendants(pid) if b"tasks.gx_process" not in command_line(child)}
+    helpers = helpers_of(pid)
     done = call(warm, *FAST, "--prompt", "the last call", "--output_path", "last.mp4", keep_alive="1")
     assert done.returncode == 0, done.stderr
     deadline = time.monotonic() + 30
-    while alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert not alive(pid)
-    while [child for child in helpers if alive(child)] and time.monotonic() < deadline:
-        time.sleep(0.2)  # multiprocessing's resource tracker ends once it sees its parent gone
-    left = [command_line(child) for child in helpers if alive(child)]
-    assert not left  # multiprocessing's tracker, any server it started
+    assert not left_alive({pid}, deadline)
+    # multiprocessing's resource tracker ends once it sees its parent gone; any server it started, too
+    assert not left_alive(helpers, deadline)
     assert not set(warm["runtime"].glob("*.sock")) - set(gx_process.running(warm["runtime"]))
     assert not warm_pids(warm)

@@ -54,6 +54,20 @@ def command_line(pid: int) -> bytes:
         return b""
 
 
+def helpers_of(pid: int) -> set[int]:
+    """`descendants(pid)` but GX's shared process, which outlives a call by design: it serves the next calls
+    (tests/tasks/test_expectations.py)."""
+    return {child for child in descendants(pid) if b"tasks.gx_process" not in command_line(child)}
+
+
+def left_alive(pids: set[int], deadline: float) -> list[bytes]:
+    """The command lines of those of `pids` still alive at `deadline` (time.monotonic()), or as soon as none
+    is: a hang guard, they usually are gone at once."""
+    while [pid for pid in pids if alive(pid)] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return [command_line(pid) for pid in pids if alive(pid)]
+
+
 def alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
@@ -80,8 +94,7 @@ def test_stopped_mid_generation_ends_cleanly_and_the_next_run_starts(
             break
     else:
         pytest.fail("the generation never started:\n" + "".join(seen))
-    # GX's shared process outlives the call by design: it serves the next calls (test_expectations.py)
-    helpers = {pid for pid in descendants(process.pid) if b"tasks.gx_process" not in command_line(pid)}
+    helpers = helpers_of(process.pid)
     process.send_signal(signum)
     _, rest = process.communicate(timeout=120)
     err = "".join(seen) + rest
@@ -92,10 +105,7 @@ def test_stopped_mid_generation_ends_cleanly_and_the_next_run_starts(
     assert err.count("interrupted (") == 1
     assert not output.exists() and not list(tmp_path.glob(".*tmp*"))  # nothing, not even half
     assert not (tmp_path / "mlflow.db").exists()  # nor MLflow's default store in the directory
-    deadline = time.monotonic() + 30  # a hang guard: they are usually gone when the call returns
-    while [pid for pid in helpers if alive(pid)] and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not [command_line(pid) for pid in helpers if alive(pid)]  # the temporary server and the rest: gone
+    assert not left_alive(helpers, time.monotonic() + 30)  # the temporary server and the rest: gone
     experiment = mlflow_client.get_experiment_by_name(tracked["experiment"])
     [run] = mlflow_client.search_runs([experiment.experiment_id])
     assert run.info.status == "KILLED" and run.data.tags["error"] == "interrupted"
