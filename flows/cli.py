@@ -36,16 +36,30 @@ class Interrupted(KeyboardInterrupt):
         self.signum = signum
 
 
+# The signal `interruptible` has not yet handled. Python drops an exception raised where it cannot propagate
+# (a weakref callback, such as the one importlib runs when a module lock is freed during start-up's imports):
+# `raise_if_interrupted` raises it again at the next checkpoint.
+_pending: list[int] = []
+
+
 def _raise_interrupted(signum: int, frame) -> None:
+    _pending[:] = [signum]
     raise Interrupted(signum)
+
+
+def raise_if_interrupted() -> None:
+    if _pending:
+        raise Interrupted(_pending[0])
 
 
 def interruptible(command: Callable[[], int]) -> int:
     """Run `command` with SIGINT and SIGTERM raising `Interrupted`; an interrupt is one line and 130/143."""
+    _pending.clear()
     previous = {signum: signal.signal(signum, _raise_interrupted) for signum in EXIT_INTERRUPTED}
     try:
         return command()
     except KeyboardInterrupt as interrupt:
+        _pending.clear()
         signum = interrupt.signum if isinstance(interrupt, Interrupted) else signal.SIGINT
         print(
             f"interrupted ({signal.Signals(signum).name}): stopped, nothing half-written; a started run is "
@@ -115,8 +129,10 @@ def prepare(settings) -> None:
 
 
 def use_server(server) -> None:
+    """Wait for the temporary server, if any; then stop for an interrupt the start-up's imports swallowed."""
     if server is not None:
         server.wait()
+    raise_if_interrupted()
 
 
 def stop_server(server) -> None:
@@ -278,6 +294,8 @@ def evaluate_command(argv: Sequence[str] | None = None) -> int:
         use_server(server)
         from flows.evaluate import evaluate
         from tasks.report import ui_address, ui_hint
+
+        raise_if_interrupted()  # one that these imports swallowed
 
         state = evaluate(suite=args.suite, profile=args.profile, return_state=True)
         if not state.is_completed():
