@@ -6,39 +6,36 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-# pip compiles every installed module to bytecode one file at a time (about 90 s here); this compiles them on
-# every core. Like pip, it leaves out the files this Python cannot compile (torch ships a 3.12-only test file).
-export COMPILE := import compileall, sys; compileall.compile_dir(sys.argv[1], quiet=2, workers=0)
-
-# constraints.txt is the tested set of versions (`make lock` refreshes it); pyproject.toml keeps ranges.
-$(BIN)/.installed: pyproject.toml constraints.txt
+# uv installs the tested set (constraints.txt) from the package sources pip is configured with
+# (scripts/install.py); pip only installs uv. Nothing is compiled ahead: each module is compiled when first imported.
+$(BIN)/.installed: pyproject.toml constraints.txt scripts/install.py
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet --no-compile -c constraints.txt -e ".[test]"
-	$(BIN)/python -c "$$COMPILE" $(VENV)
+	$(BIN)/python -m pip install --quiet -c constraints.txt uv
+	$(BIN)/python scripts/install.py --quiet -c constraints.txt -e ".[test]"
 	touch $@
 
 .PHONY: install lock demo test ui-check stack stack-status stack-down
 install: $(BIN)/.installed
 
 demo: $(BIN)/.installed
-	$(BIN)/cosmos-generate --model_id embedded:tiny --input_path assets/text2world.json \
+	env -u PYTHONDONTWRITEBYTECODE $(BIN)/cosmos-generate --model_id embedded:tiny --input_path assets/text2world.json \
 		--resolution 256p --num_output_frames 29 --seed 7 --output_path outputs/demo.mp4 --overwrite
 
-# The suite starts dozens of Python processes: where PYTHONDONTWRITEBYTECODE is set, each would compile
-# this project's modules (and pytest its test files) again; unset, they are compiled once (`__pycache__`).
+# Nothing is compiled at install (above), and the suite starts dozens of Python processes: where
+# PYTHONDONTWRITEBYTECODE is set, each would compile every module it imports (torch's, diffusers'...) again;
+# unset, each module is compiled once, by the first process that imports it (`__pycache__`). So for the demo too.
 test: $(BIN)/.installed
 	$(BIN)/ruff check .
 	env -u PYTHONDONTWRITEBYTECODE $(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder
 
 ui-check: $(BIN)/.installed
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[ui]"
+	$(BIN)/python scripts/install.py --quiet -c constraints.txt -e ".[ui]"
 	$(BIN)/python scripts/ui_check.py $(UI_CHECK_ARGS)
 
 lock:
 	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
 	.lock-venv/bin/python -m pip install --quiet --upgrade pip
-	.lock-venv/bin/python -m pip install --quiet -e ".[test,ui]"
+	.lock-venv/bin/python -m pip install --quiet uv -e ".[test,ui]"
 	{ head -3 constraints.txt; .lock-venv/bin/python -m pip freeze --exclude-editable | grep -v '^-e'; } > constraints.new
 	mv constraints.new constraints.txt && rm -rf .lock-venv
 
