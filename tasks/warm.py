@@ -16,18 +16,21 @@ while busy and holds it, so an idle GPU would wait, and the held run would die w
 While it generates, the worker beats a Prefect variable every HEARTBEAT_S. The flow waits on the
 task run; a beat that stops for `warm_lost_after_s` means the worker is gone (killed, host down): the
 task run is marked crashed and submitted again (up to `settings.warm_resubmissions` times), so another
-worker takes it over in the same MLflow run. A generation no worker starts within `warm_start_timeout_s`
-fails.
+worker takes it over in the same MLflow run. A worker on the flow's own machine whose process has ended
+(killed, out of memory) is known lost within two polls, not after the silence: its beat says which process
+it is. A generation no worker starts within `warm_start_timeout_s` fails.
 """
 
 import argparse
 import asyncio
 import contextlib
+import os
 import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from prefect import get_run_logger, task
@@ -73,14 +76,15 @@ def beat_name(task_run_id: Any) -> str:
 @contextlib.contextmanager
 def heartbeat(task_run_id: Any) -> Iterator[None]:
     """Beat `beat_name(task_run_id)` from a thread until the block ends; the variable goes with it."""
-    name, stop = beat_name(task_run_id), threading.Event()
+    name, stop, process = beat_name(task_run_id), threading.Event(), this_process()
 
     def beat() -> None:
         count = 0
         while True:
             count += 1
             with contextlib.suppress(Exception):  # a missed beat is what the waiting flow measures
-                Variable.set(name, {"worker": worker_name(), "beat": count}, overwrite=True)
+                value = {"worker": worker_name(), "beat": count, "process": process}
+                Variable.set(name, value, overwrite=True)
             if stop.wait(HEARTBEAT_S):
                 return
 
@@ -93,6 +97,35 @@ def heartbeat(task_run_id: Any) -> Iterator[None]:
         thread.join()
         with contextlib.suppress(Exception):
             Variable.unset(name)
+
+
+def _start_time(pid: int) -> str | None:
+    """The process's start time (clock ticks since boot), or None if it has ended (or is a zombie)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return None if fields[0] in {"Z", "X"} else fields[19]
+
+
+def this_process() -> dict[str, Any] | None:
+    """Which process this is, for a flow on the same machine to see it end: the kernel's boot id and PID
+    namespace name the machine (a container is one of its own), the start time tells a reused pid apart.
+    None where there is no /proc: only the beats' silence tells then."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        machine = f"{boot} {os.readlink('/proc/self/ns/pid')}"
+    except OSError:
+        return None
+    return {"machine": machine, "pid": os.getpid(), "started": _start_time(os.getpid())}
+
+
+def has_ended(process: Any) -> bool:
+    """Whether a beat's `process` ran on this machine and has ended since."""
+    here = this_process()
+    if not isinstance(process, dict) or here is None or process.get("machine") != here["machine"]:
+        return False
+    return _start_time(process["pid"]) != process["started"]
 
 
 def task_run_key(context, parameters: dict[str, Any]) -> str:
@@ -155,7 +188,7 @@ def await_worker(future: PrefectDistributedFuture, settings: Settings) -> Genera
     state apart, so a read in between finds none; that counts as not started yet.
     """
     name, queued = beat_name(future.task_run_id), time.monotonic()
-    last_beat, beat_changed = None, None
+    last_beat, beat_changed, ended_seen = None, None, False
     with get_client(sync_client=True) as client:  # one client for the wait: each costs ~30 ms of CPU
         while True:
             time.sleep(POLL_S)
@@ -181,6 +214,13 @@ def await_worker(future: PrefectDistributedFuture, settings: Settings) -> Genera
                     ))  # fmt: skip
                 continue
             beat = _read_beat(client, name)
+            if isinstance(beat, dict) and has_ended(beat.get("process")):
+                if ended_seen:  # and still not final a poll later: the state was not merely late
+                    raise _give_up(client, future.task_run_id, WorkerLostError(
+                        f"warm worker {beat.get('worker')} is gone: its process ended (killed?)"
+                    ))  # fmt: skip
+                ended_seen = True
+                continue
             if beat_changed is None or beat != last_beat:
                 last_beat, beat_changed = beat, now
             elif now - beat_changed > settings.warm_lost_after_s:

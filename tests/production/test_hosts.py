@@ -6,7 +6,7 @@ Each "host" is a process worker and a warm worker with its own HOME, TMPDIR (so 
 cache (`COSMOS_CACHE_DIR`: media, the embedded model, the tracking spool) and stack folder; both run the
 one checkout, as hosts run the same version, and requests may read only the bucket's inputs (and the
 checkout's assets) and write only the bucket's outputs, so neither host reads the other's files. The
-tests share one stack; the one that kills a host runs last.
+tests share one stack; the one that loses a host runs last.
 """
 
 import contextlib
@@ -315,12 +315,14 @@ def test_hostile_uris_are_refused_row_by_row(hosts: Hosts) -> None:
     assert rejected.info.status == "FAILED" and "the secret prompt" not in json.dumps(rejected.data.params)
 
 
-def test_a_killed_host_loses_no_generation(hosts: Hosts) -> None:
-    """Host A generates a request whose flow runs on host B, and dies (SIGKILL, every process): B's flow
-    sees the silence and B's warm worker generates it into the same MLflow run; one output, one run.
+def test_a_lost_host_loses_no_generation(hosts: Hosts) -> None:
+    """Host A generates a request whose flow runs on host B, and is lost: every process of it stops (SIGSTOP;
+    to B, a host that died, hung or was cut off looks the same: its beats stop). B's flow sees the silence and
+    B's warm worker generates it into the same MLflow run; one output, one run. (Killed, A's process would
+    be seen gone at once: the hosts share this machine.)
 
     Placement is arranged by what runs: A's process worker is stopped (the flow run goes to B) and B's warm
-    worker too (the generation goes to A), then B's warm worker comes back while A is killed."""
+    worker too (the generation goes to A), then B's warm worker comes back while A is lost."""
     os.killpg(hosts.a.pid("worker-0"), signal.SIGTERM)
     os.killpg(hosts.b.pid("warm-0"), signal.SIGTERM)
     wait_until(lambda: not alive(hosts.a.pid("worker-0")) and not alive(hosts.b.pid("warm-0")), "the stops")
@@ -335,9 +337,12 @@ def test_a_killed_host_loses_no_generation(hosts: Hosts) -> None:
             beat.get("worker") == victim for name, beat in hosts.beats(client).items() if name not in earlier
         )
         wait_until(started, "the generation starting on host A")
-    os.killpg(hosts.a.pid("warm-0"), signal.SIGKILL)  # host A is gone: no process of it is left
-    start_worker(hosts.b)  # B's warm worker back
-    [run] = hosts.finished([flow_run_id])
+    os.killpg(hosts.a.pid("warm-0"), signal.SIGSTOP)  # host A is lost: no process of it runs again
+    try:
+        start_worker(hosts.b)  # B's warm worker back
+        [run] = hosts.finished([flow_run_id])
+    finally:
+        os.killpg(hosts.a.pid("warm-0"), signal.SIGKILL)
 
     assert run.state.is_completed(), run.state.message
     assert str(flow_run_id) in hosts.b.log("worker-0")

@@ -268,8 +268,9 @@ def test_hostile_deployment_parameters_are_refused_row_by_row(stack: Stack, tmp_
 
 
 def test_a_killed_warm_worker_loses_no_generation(stack: Stack) -> None:
-    """SIGKILL the worker mid-generation: the flow notices the silence, another worker generates it again
-    in the same MLflow run; one output, one run, no partial file."""
+    """SIGKILL the worker mid-generation: the flow sees its process gone (the same machine: no need to wait
+    out the beats' silence), another worker generates it again in the same MLflow run; one output, one run,
+    no partial file."""
     long = {"height": 256, "width": 448, "num_output_frames": 29, "num_steps": 12}  # ~0.5 s a step
     parameters = generate_parameters(
         stack, "killed", seed=7, output_path=str(stack.outputs / "killed.mp4"), **long
@@ -295,7 +296,7 @@ def test_a_killed_warm_worker_loses_no_generation(stack: Stack) -> None:
     assert sorted(path.name for path in stack.outputs.iterdir() if "killed" in path.name) == [
         "killed.mp4", "killed.mp4.json",
     ]  # fmt: skip
-    lost = f"warm worker {victim['worker']} stopped beating"
+    lost = f"warm worker {victim['worker']} is gone: its process ended"
     with prefect_client(stack.prefect_api) as client:
         wait_until(lambda: lost in flow_logs(client, flow_run_id), "the lost worker in the flow run's log")
         assert "submitting it again (1 of 1)" in flow_logs(client, flow_run_id)

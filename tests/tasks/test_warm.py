@@ -1,6 +1,7 @@
 """The flow's wait on a warm worker, against a stand-in for Prefect's future and client: the cases a live
 stack hits only under load (tests/production/test_stack.py runs the real thing)."""
 
+import subprocess
 from types import SimpleNamespace
 from uuid import uuid4
 
@@ -9,7 +10,7 @@ from prefect.states import Completed, Running
 
 import tasks.warm
 from cosmos_pipeline.settings import load_settings
-from tasks.warm import WorkerLostError, await_worker
+from tasks.warm import WorkerLostError, await_worker, has_ended, this_process
 
 
 class Future:
@@ -89,3 +90,30 @@ def test_a_stall_that_ends_lets_the_generation_finish(client) -> None:
     client.probes = [False, False, False]
     settings = load_settings("tiny").model_copy(update={"warm_lost_after_s": 0.0})
     assert await_worker(client.future, settings) == "the record"
+
+
+def test_a_worker_process_that_ended_on_this_machine_is_lost_at_once(client) -> None:
+    """Its beat names a process of this machine that is gone: lost two polls later, long before the silence
+    (`warm_lost_after_s`) would tell; a living process, or one of another machine, is left to the beats."""
+    child = subprocess.Popen(["sleep", "60"])
+    process = {**this_process(), "pid": child.pid, "started": tasks.warm._start_time(child.pid)}
+    assert not has_ended(process)
+    assert not has_ended({**process, "machine": "another host"})
+    child.kill()
+    child.wait()
+    assert has_ended(process) and not has_ended({**process, "machine": "another host"})
+
+    client.future = Future([Running()])
+    client.beats = [{"worker": "host-7", "beat": 1, "process": process}]
+    settings = load_settings("tiny").model_copy(update={"warm_lost_after_s": 3600.0})
+    with pytest.raises(WorkerLostError, match="warm worker host-7 is gone: its process ended"):
+        await_worker(client.future, settings)
+    assert client.crashed.is_crashed()
+
+
+def test_an_ended_worker_whose_state_comes_late_is_not_lost(client) -> None:
+    """The worker finished and left; its final state is read a poll after its process was seen gone."""
+    client.future = Future([Running(), Completed()])
+    ended = {**this_process(), "pid": 2**22 + 1, "started": "1"}  # above Linux's pid limit: no such process
+    client.beats = [{"worker": "host-7", "beat": 1, "process": ended}]
+    assert await_worker(client.future, load_settings("tiny")) == "the record"
