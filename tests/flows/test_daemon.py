@@ -41,11 +41,14 @@ def warm(tmp_path_factory: pytest.TempPathFactory, prefect_api: str, mlflow_stor
         "PYTHONUNBUFFERED": "1",
     }
     yield {"folder": folder, "runtime": runtime / f"cosmos-warm-{os.getuid()}", "env": env}
-    subprocess.run([str(Path(sys.executable).parent / "cosmos-warm"), "stop"], env=env, timeout=60)
-    time.sleep(2)
-    leftover = subprocess.run(
-        [str(Path(sys.executable).parent / "cosmos-warm"), "status"], env=env, capture_output=True, text=True
-    )
+    warm = str(Path(sys.executable).parent / "cosmos-warm")
+    subprocess.run([warm, "stop"], env=env, timeout=60)
+    deadline = time.monotonic() + 30  # a hang guard: they usually are gone at once
+    while True:
+        leftover = subprocess.run([warm, "status"], env=env, capture_output=True, text=True)
+        if leftover.stdout.strip() == "no warm process" or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
     assert leftover.stdout.strip() == "no warm process", leftover.stdout  # GX's shared process included
 
 

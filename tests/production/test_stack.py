@@ -271,7 +271,7 @@ def test_a_killed_warm_worker_loses_no_generation(stack: Stack) -> None:
     """SIGKILL the worker mid-generation: the flow sees its process gone (the same machine: no need to wait
     out the beats' silence), another worker generates it again in the same MLflow run; one output, one run,
     no partial file."""
-    long = {"height": 256, "width": 448, "num_output_frames": 29, "num_steps": 12}  # ~0.5 s a step
+    long = {"height": 256, "width": 448, "num_output_frames": 29, "num_steps": 6}  # ~0.5 s a step
     parameters = generate_parameters(
         stack, "killed", seed=7, output_path=str(stack.outputs / "killed.mp4"), **long
     )
@@ -285,7 +285,7 @@ def test_a_killed_warm_worker_loses_no_generation(stack: Stack) -> None:
             return bool(victim)
 
         wait_until(generating, "the generation starting on a warm worker")
-    time.sleep(2)  # a moment into the generation (loading or denoising): nothing is written yet
+    time.sleep(0.5)  # a moment into the generation (loading or denoising): nothing is written yet
     os.killpg(int(victim["worker"].rsplit("-", 1)[1]), signal.SIGKILL)
     [run] = finished(stack, [flow_run_id])
 
