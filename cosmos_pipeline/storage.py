@@ -95,6 +95,8 @@ def location(value: Any) -> Path | URI:
     if not isinstance(value, str | os.PathLike):
         raise InputError(f"a path or URI must be text, not {value!r}")
     text = os.fspath(value)
+    if "\x00" in text:  # no file system or store takes it (Python raises ValueError deep in `open`)
+        raise InputError(f"{text!r}: a path or URI cannot contain a NUL character (\\x00)")
     if "::" in text and "://" in text:
         raise InputError(f"{text}: chained URLs (`a::b://`) are not accepted; give the store's own URI")
     if not is_uri(text):

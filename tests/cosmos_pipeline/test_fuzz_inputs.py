@@ -357,6 +357,7 @@ def _finite(value: object) -> bool:
 )
 @example(extra={"\n\n": None}, media=None)  # found by this test: a key of newlines broke the report's lines
 @example(extra={"lora_scale": math.inf, "negative_prompt_path": ""}, media=None)  # found: one hid the other
+@example(extra={"negative_prompt_path": "\x00"}, media=None)  # found: a NUL in a path was a ValueError
 def test_any_bundle_gives_valid_requests_or_names_what_is_wrong(tmp_path_factory, media_folder, extra, media):
     folder = tmp_path_factory.mktemp("bundle")
     entry = {"prompt": "a robot arm stacks boxes", "num_output_frames": 9, **extra}
