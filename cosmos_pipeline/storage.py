@@ -95,6 +95,8 @@ def location(value: Any) -> Path | URI:
     if not isinstance(value, str | os.PathLike):
         raise InputError(f"a path or URI must be text, not {value!r}")
     text = os.fspath(value)
+    if not text.strip():  # Path("") is the working folder: never what an empty value meant
+        raise InputError("the path is empty: give a file's path or URI, or leave the key out")
     if "\x00" in text:  # no file system or store takes it (Python raises ValueError deep in `open`)
         raise InputError(f"{text!r}: a path or URI cannot contain a NUL character (\\x00)")
     if "::" in text and "://" in text:

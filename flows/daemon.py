@@ -187,15 +187,26 @@ def _accept(listener: socket.socket, calls: "queue.Queue[socket.socket]", state:
             calls.put(conn)
 
 
+def _signal_in(line: bytes) -> int | None:
+    """The signal a caller's line forwards (`{"signal": 2}`), or None for a line that is not one."""
+    try:
+        number = int(json.loads(line)["signal"])
+    except (ValueError, KeyError, TypeError):
+        return None
+    return number if number in signal.valid_signals() else None
+
+
 def _watch(conn: socket.socket, state: _State) -> None:
     """Forward the caller's signals to this process's main thread, where the call runs; a caller that is gone
-    (killed outright) counts as SIGTERM."""
-    with contextlib.suppress(OSError, ValueError), conn.makefile("rb") as lines:
+    (killed outright) counts as SIGTERM. A line that names no signal is skipped."""
+    with contextlib.suppress(OSError), conn.makefile("rb") as lines:
         for line in iter(lines.readline, b""):
+            number = _signal_in(line)
             with state.lock:
                 if not state.running:
                     return
-                signal.pthread_kill(threading.main_thread().ident, int(json.loads(line)["signal"]))
+                if number is not None:
+                    signal.pthread_kill(threading.main_thread().ident, number)
     with state.lock:
         if state.running:
             signal.pthread_kill(threading.main_thread().ident, signal.SIGTERM)

@@ -49,6 +49,8 @@ def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[fsspec.Ab
         ("simplecache::s3://media/key.png", "chained URLs"),
         ("s3:///key.png", "names no bucket"),
         ("file://other-host/etc/passwd", "no host name"),
+        ("", "the path is empty"),  # was the working folder ("Is a directory: '.'")
+        ("inputs/robot\x00.png", "NUL character"),
     ],
 )
 def test_hostile_uris_are_refused_when_parsed(value: str, reason: str) -> None:

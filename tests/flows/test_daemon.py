@@ -164,3 +164,28 @@ def test_it_ends_after_its_keep_alive_leaving_nothing(warm: dict) -> None:
     assert not left_alive(helpers, deadline)
     assert not set(warm["runtime"].glob("*.sock")) - set(gx_process.running(warm["runtime"]))
     assert not warm_pids(warm)
+
+
+def test_a_malformed_line_from_the_caller_is_skipped_and_a_gone_caller_still_stops_the_call(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """In-process: the watcher forwards the caller's signals; lines that name none (not JSON, no `signal`,
+    not a signal) are skipped, and when the caller goes, the call still gets SIGTERM."""
+    import socket
+    import threading
+
+    from flows import daemon
+
+    sent: list[int] = []
+    monkeypatch.setattr(daemon.signal, "pthread_kill", lambda ident, number: sent.append(number))
+    state = daemon._State()
+    state.running = True
+    ours, callers = socket.socketpair()
+    watcher = threading.Thread(target=daemon._watch, args=(ours, state))
+    watcher.start()
+    for line in (b"not json\n", b'{"other": 1}\n', b'{"signal": "x"}\n', b'{"signal": 999}\n', b"[]\n",
+                 b'{"signal": 2}\n'):  # fmt: skip
+        callers.sendall(line)
+    callers.close()
+    watcher.join(timeout=10)
+    assert not watcher.is_alive() and sent == [signal.SIGINT, signal.SIGTERM]
