@@ -125,7 +125,8 @@ def has_ended(process: Any) -> bool:
     here = this_process()
     if not isinstance(process, dict) or here is None or process.get("machine") != here["machine"]:
         return False
-    return _start_time(process["pid"]) != process["started"]
+    pid = process.get("pid")
+    return isinstance(pid, int) and _start_time(pid) != process.get("started")
 
 
 def task_run_key(context, parameters: dict[str, Any]) -> str:

@@ -98,7 +98,7 @@ def test_a_worker_process_that_ended_on_this_machine_is_lost_at_once(client) -> 
     child = subprocess.Popen(["sleep", "60"])
     process = {**this_process(), "pid": child.pid, "started": tasks.warm._start_time(child.pid)}
     assert not has_ended(process)
-    assert not has_ended({**process, "machine": "another host"})
+    assert not has_ended({**process, "machine": "another host"}) and not has_ended({**process, "pid": None})
     child.kill()
     child.wait()
     assert has_ended(process) and not has_ended({**process, "machine": "another host"})
