@@ -24,6 +24,7 @@ it is. A generation no worker starts within `warm_start_timeout_s` fails.
 import argparse
 import asyncio
 import contextlib
+import functools
 import os
 import sys
 import threading
@@ -108,22 +109,30 @@ def _start_time(pid: int) -> str | None:
     return None if fields[0] in {"Z", "X"} else fields[19]
 
 
-def this_process() -> dict[str, Any] | None:
-    """Which process this is, for a flow on the same machine to see it end: the kernel's boot id and PID
-    namespace name the machine (a container is one of its own), the start time tells a reused pid apart.
-    None where there is no /proc: only the beats' silence tells then."""
+@functools.cache
+def _machine() -> str | None:
+    """The kernel's boot id and this process's PID namespace: one value per machine (a container is one of
+    its own), within which a pid names a process. None where there is no /proc."""
     try:
         boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-        machine = f"{boot} {os.readlink('/proc/self/ns/pid')}"
+        return f"{boot} {os.readlink('/proc/self/ns/pid')}"
     except OSError:
+        return None
+
+
+def this_process() -> dict[str, Any] | None:
+    """Which process this is, for a flow on the same machine to see it end (the start time tells a reused
+    pid apart). None where there is no /proc: only the beats' silence tells then."""
+    machine = _machine()
+    if machine is None:
         return None
     return {"machine": machine, "pid": os.getpid(), "started": _start_time(os.getpid())}
 
 
 def has_ended(process: Any) -> bool:
     """Whether a beat's `process` ran on this machine and has ended since."""
-    here = this_process()
-    if not isinstance(process, dict) or here is None or process.get("machine") != here["machine"]:
+    machine = _machine()
+    if not isinstance(process, dict) or machine is None or process.get("machine") != machine:
         return False
     pid = process.get("pid")
     return isinstance(pid, int) and _start_time(pid) != process.get("started")

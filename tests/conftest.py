@@ -130,6 +130,15 @@ def migrated_prefect_db(destination: Path) -> None:
         partial.unlink()
 
 
+def wait_until(check, what: str, timeout: float = 120) -> None:
+    """Poll `check` until it is true; a hang guard, not a timing assertion."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} did not happen within {timeout:.0f} s")
+        time.sleep(0.5)
+
+
 def end_runtime_dir() -> None:
     from tasks import gx_process
 

@@ -18,7 +18,7 @@ import pytest
 from cosmos_pipeline.media import read_video
 from flows import cli
 from tasks import gx_process
-from tests.conftest import REPO, TINY_ARGS
+from tests.conftest import REPO, TINY_ARGS, wait_until
 from tests.flows.test_interrupts import SLOW, helpers_of, left_alive
 
 SCRIPT = [sys.executable, str(REPO / "scripts" / "diffusers_inference.py")]
@@ -43,13 +43,12 @@ def warm(tmp_path_factory: pytest.TempPathFactory, prefect_api: str, mlflow_stor
     yield {"folder": folder, "runtime": runtime / f"cosmos-warm-{os.getuid()}", "env": env}
     warm = str(Path(sys.executable).parent / "cosmos-warm")
     subprocess.run([warm, "stop"], env=env, timeout=60)
-    deadline = time.monotonic() + 30  # a hang guard: they usually are gone at once
-    while True:
-        leftover = subprocess.run([warm, "status"], env=env, capture_output=True, text=True)
-        if leftover.stdout.strip() == "no warm process" or time.monotonic() > deadline:
-            break
-        time.sleep(0.5)
-    assert leftover.stdout.strip() == "no warm process", leftover.stdout  # GX's shared process included
+
+    def none_left() -> bool:  # GX's shared process included
+        status = subprocess.run([warm, "status"], env=env, capture_output=True, text=True)
+        return status.stdout.strip() == "no warm process"
+
+    wait_until(none_left, "every warm process ending", timeout=30)  # they usually are gone at once
 
 
 def call(warm: dict, *args: str, keep_alive: str = "60") -> subprocess.CompletedProcess:

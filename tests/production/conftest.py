@@ -13,7 +13,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +20,7 @@ from pathlib import Path
 import pgserver
 import pytest
 
-from tests.conftest import ASSETS, REPO
+from tests.conftest import ASSETS, REPO, wait_until
 
 STACK_SCRIPT = REPO / "scripts" / "stack.py"
 _spec = importlib.util.spec_from_file_location("stack_script", STACK_SCRIPT)
@@ -35,15 +34,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def wait_until(check, what: str, timeout: float = 120) -> None:
-    """Poll `check` until it is true; a hang guard, not a timing assertion."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} did not happen within {timeout:.0f} s")
-        time.sleep(0.5)
 
 
 @contextlib.contextmanager
