@@ -59,17 +59,24 @@ def interruptible(command: Callable[[], int]) -> int:
     try:
         return command()
     except KeyboardInterrupt as interrupt:
-        _pending.clear()
         signum = interrupt.signum if isinstance(interrupt, Interrupted) else signal.SIGINT
-        print(
-            f"interrupted ({signal.Signals(signum).name}): stopped, nothing half-written; a started run is "
-            "marked KILLED in MLflow",
-            file=sys.stderr,
-        )
-        return EXIT_INTERRUPTED[signum]
+    except Exception:
+        # Raised in a callback from compiled code, the interrupt can come back as that code's own error
+        # (pydantic-core's serializer, while Prefect's settings load: "PydanticSerializationError: ...
+        # Interrupted: SIGINT"). The signal came first: it is still the interrupt.
+        if not _pending:
+            raise
+        signum = _pending[0]
     finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+        for each, handler in previous.items():
+            signal.signal(each, handler)
+    _pending.clear()
+    print(
+        f"interrupted ({signal.Signals(signum).name}): stopped, nothing half-written; a started run is "
+        "marked KILLED in MLflow",
+        file=sys.stderr,
+    )
+    return EXIT_INTERRUPTED[signum]
 
 
 def print_runs(settings, flow_run_id: str) -> None:

@@ -152,3 +152,26 @@ def test_help_exits_0():
         text=True,
     )
     assert done.returncode == 0 and "--num_output_frames" in done.stdout
+
+
+def test_an_interrupt_that_compiled_code_wraps_in_its_own_error_is_still_one_line(capsys):
+    """Ctrl-C while pydantic-core runs a Python serializer (Prefect's settings load during start-up's
+    imports): the handler's exception comes back as a PydanticSerializationError, which is still the
+    interrupt: one line and 130, no traceback."""
+    import signal
+
+    from pydantic import BaseModel, model_serializer
+
+    class Settings(BaseModel):
+        value: int = 1
+
+        @model_serializer(mode="wrap")
+        def _ser_model(self, handler):
+            signal.raise_signal(signal.SIGINT)  # the user's Ctrl-C, mid-serialization
+            return handler(self)
+
+    assert flows_cli.interruptible(lambda: Settings().model_dump() and 0) == 130
+    err = capsys.readouterr().err
+    assert err.startswith("interrupted (SIGINT)") and err.count("\n") == 1, err
+    with pytest.raises(ValueError):  # with no interrupt pending, an error stays the error
+        flows_cli.interruptible(lambda: int("x"))
