@@ -13,6 +13,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -86,15 +87,20 @@ class Hosts:
     a: Host
     b: Host
 
-    def trigger(self, input_path: str, experiment: str, **overrides) -> UUID:
+    def trigger(
+        self, input_path: str, experiment: str, env: dict[str, str] | None = None, **overrides
+    ) -> UUID:
+        """A flow run of the generate deployment; `env`: the flow run's own job variables, over its worker's
+        environment (how an operator sets what a deployment's parameters may not)."""
         parameters = {
             "input_path": input_path,
             "profile": "tiny",
             "overrides": {**TINY_OVERRIDES, **overrides},
             "settings": {"experiment": experiment},
         }
+        job_variables = {"env": env} if env else None
         with temporary_settings(updates={PREFECT_API_URL: self.prefect_api}):
-            return run_deployment(GENERATE, parameters=parameters, timeout=0).id
+            return run_deployment(GENERATE, parameters=parameters, job_variables=job_variables, timeout=0).id
 
     def finished(self, flow_run_ids: list[UUID], timeout: float = 480) -> list:
         return finished_runs(self.prefect_api, flow_run_ids, timeout)
@@ -332,7 +338,9 @@ def test_a_lost_host_loses_no_generation(hosts: Hosts) -> None:
                                                           "prompt": PROMPT, "seed": 7}).encode())  # fmt: skip
     with prefect_client(hosts.prefect_api) as client:
         earlier = set(hosts.beats(client))
-        flow_run_id = hosts.trigger(bundle, "hosts-killed", **long)
+        # The least silence allowed (three beats) instead of the hosts' 30 s: with host A stopped right after
+        # its first beat, only a real loss can be seen, and the test waits 15 s less.
+        flow_run_id = hosts.trigger(bundle, "hosts-killed", env={"COSMOS_WARM_LOST_AFTER_S": "15"}, **long)
         started = lambda: any(  # noqa: E731
             beat.get("worker") == victim for name, beat in hosts.beats(client).items() if name not in earlier
         )
@@ -353,4 +361,6 @@ def test_a_lost_host_loses_no_generation(hosts: Hosts) -> None:
     ]  # fmt: skip
     lost = f"warm worker {victim} stopped beating"
     wait_until(lambda: lost in hosts.logs(flow_run_id), "the lost worker in the flow run's log")
+    [silent] = re.findall(rf"{re.escape(lost)} (\d+) s ago", hosts.logs(flow_run_id))
+    assert 15 <= int(silent) < 30  # the flow run's own job variable, not the worker's 30 s
     assert "submitting it again (1 of" in hosts.logs(flow_run_id)

@@ -103,6 +103,10 @@ def test_stack_starts_with_the_documented_commands_and_listens_on_loopback(stack
         workers = client.read_workers_for_work_pool("cosmos-gpu")
     assert {"generate", "evaluate-variants"} <= set(deployments)
     assert all(d.work_pool_name == "cosmos-gpu" for d in deployments.values())
+    # prefect.yaml as Prefect deployed it: the nightly cron, and the evaluation's own default suite
+    # (cosmos_pipeline.suites.DEFAULT_SUITE), not one restated in the file.
+    evaluate = deployments["evaluate-variants"]
+    assert [s.schedule.cron for s in evaluate.schedules] == ["0 2 * * *"] and evaluate.parameters == {}
     assert sorted(w.name for w in workers if w.status == "ONLINE") == sorted(
         f"{socket.gethostname()}-gpu{index}" for index in (0, 1)
     )
