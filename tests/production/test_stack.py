@@ -275,7 +275,9 @@ def test_a_killed_warm_worker_loses_no_generation(stack: Stack) -> None:
     """SIGKILL the worker mid-generation: the flow sees its process gone (the same machine: no need to wait
     out the beats' silence), another worker generates it again in the same MLflow run; one output, one run,
     no partial file."""
-    long = {"height": 256, "width": 448, "num_output_frames": 29, "num_steps": 6}  # ~0.5 s a step
+    # Seconds of denoising (~20 ms a step on two idle cores) at the tiny size: the kill lands mid-way, and the
+    # other worker's generation again costs little (at 256x448x29 the decode alone took 4.4 s).
+    long = {"num_steps": 100}
     parameters = generate_parameters(
         stack, "killed", seed=7, output_path=str(stack.outputs / "killed.mp4"), **long
     )
