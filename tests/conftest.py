@@ -63,18 +63,19 @@ TINY_ARGS = [f"--{key}={value}" for key, value in TINY_FLAGS.items() if key != "
 
 # `make test` runs the suite in two worker processes (pytest-xdist, `--dist loadfile`: a file's tests share
 # its module fixtures, so they stay together). The files that take longest start first, so that neither
-# worker is left with a long one at the end; the rest keep their order. The two stacks do not start together
-# (test_hosts goes to the second worker after test_interrupts): started at once, their waits coincided (a
-# killed worker's 30 s of silence each) and both cores idled. test_expectations, which mostly waits, runs
-# while the other worker works, not last.
+# worker is left with a long one at the end; the rest keep their order. The two stacks do not run together:
+# xdist hands a worker its next file when it has two tests left, so test_hosts, behind about 130 s of command
+# line tests on the second worker, starts as test_stack ends (first on the first worker). Started at once,
+# their waits coincided and both cores idled; overlapping, each ran slower (a dozen processes each on two
+# cores). test_expectations, which mostly waits, runs while the other worker works, not last.
 LONGEST_FIRST = [
     "production/test_stack.py",
     "flows/test_interrupts.py",
+    "flows/test_cli.py",
+    "flows/test_daemon.py",
     "production/test_hosts.py",
     "production/test_tracking.py",
-    "flows/test_cli.py",
     "cosmos_pipeline/test_native.py",
-    "flows/test_daemon.py",
     "tasks/test_expectations.py",
 ]
 
