@@ -64,8 +64,8 @@ TINY_ARGS = [f"--{key}={value}" for key, value in TINY_FLAGS.items() if key != "
 # `make test` runs the suite in two worker processes (pytest-xdist, `--dist loadfile`: a file's tests share
 # its module fixtures, so they stay together). The files that take longest start first, so that neither
 # worker is left with a long one at the end; the rest keep their order. The two stacks do not run together:
-# xdist hands a worker its next file when it has two tests left, so test_hosts, behind about 130 s of command
-# line tests on the second worker, starts as test_stack ends (first on the first worker). Started at once,
+# xdist hands a worker its next file when it has two tests left, and the second worker takes the command-line
+# files (about 130 s) one by one, so test_hosts goes to the first worker as test_stack ends. Started at once,
 # their waits coincided and both cores idled; overlapping, each ran slower (a dozen processes each on two
 # cores). test_expectations, which mostly waits, runs while the other worker works, not last.
 LONGEST_FIRST = [
