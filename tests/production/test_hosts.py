@@ -33,6 +33,7 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from tasks import gx_process
 from tests.conftest import ASSETS, migrated_prefect_db
+from tests.flows.test_interrupts import alive
 
 from .conftest import (
     AWS_KEY_ID,
@@ -132,13 +133,6 @@ class Hosts:
 
 def start_worker(host: Host) -> None:
     host.script("worker", "--name", host.name, "--gpus", "0", "--object-store", STORE)
-
-
-def alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
 
 
 @pytest.fixture(scope="module")
