@@ -135,17 +135,21 @@ def spawn(args: argparse.Namespace, name: str, command: list[str], env: dict[str
     return True
 
 
-def stop(args: argparse.Namespace, name: str, grace_s: float = 10) -> None:
-    pid = running(args, name)
-    if pid is not None:
-        with_group(pid, signal.SIGTERM)
-        deadline = time.monotonic() + grace_s
-        while time.monotonic() < deadline and running(args, name):
-            time.sleep(0.2)
-        if running(args, name):
-            with_group(pid, signal.SIGKILL)
-        print(f"  {name}: stopped")
-    pid_file(args, name).unlink(missing_ok=True)
+def stop(args: argparse.Namespace, names: list[str], grace_s: float = 10) -> None:
+    """SIGTERM the services `names` together, then wait for them together; SIGKILL what outlives `grace_s`."""
+    pids = {name: running(args, name) for name in names}
+    for pid in pids.values():
+        if pid is not None:
+            with_group(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline and any(running(args, name) for name, pid in pids.items() if pid):
+        time.sleep(0.1)
+    for name, pid in pids.items():
+        if pid is not None:
+            if running(args, name):
+                with_group(pid, signal.SIGKILL)
+            print(f"  {name}: stopped")
+        pid_file(args, name).unlink(missing_ok=True)
 
 
 def with_group(pid: int, sig: signal.Signals) -> None:
@@ -425,13 +429,13 @@ def online_workers(prefect_api: str, names: list[str]) -> int:
 
 
 def down(args: argparse.Namespace) -> None:
+    """Warm workers first (each ends its generation at the next step), then the process workers, then the
+    servers they report to; each tier stopped together."""
     names = (
         sorted(path.stem for path in (args.dir / "run").glob("*.pid")) if (args.dir / "run").is_dir() else []
     )
-    order = [n for n in names if n.startswith("warm-")] + [n for n in names if n.startswith("worker-")]
-    order += [n for n in ("mlflow-server", "prefect-server") if n in names]
-    for name in order:
-        stop(args, name)
+    for tier in ("warm-", "worker-", ("mlflow-server", "prefect-server")):
+        stop(args, [name for name in names if name.startswith(tier)])
 
 
 def status(args: argparse.Namespace) -> None:

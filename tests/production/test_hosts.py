@@ -180,9 +180,13 @@ def hosts(
             each.result()
         yield running
     finally:
+        with ThreadPoolExecutor(2) as pool:  # the hosts stop at once, then the servers they report to
+            for stopping in [pool.submit(host.script, "down") for host in (running.a, running.b)]:
+                with contextlib.suppress(Exception):
+                    stopping.result()
+        with contextlib.suppress(Exception):
+            running.server.script("down")
         for host in (running.a, running.b, running.server):
-            with contextlib.suppress(Exception):
-                host.script("down")
             run_dir = host.folder / "state" / "run"
             for pid_file in run_dir.glob("*.pid") if run_dir.is_dir() else []:
                 kill_group(int(pid_file.read_text()))
