@@ -5,10 +5,11 @@
 `make install` installs the locked set with uv: a clean clone's install took 29 s on a 2-core machine where
 pip and compiling every module took 97 s (README "The two commands"). uv reads no pip configuration, so
 what pip would use on this machine (pip.conf files and PIP_* variables, as `pip config list` reports them)
-is passed on: index-url, extra-index-url, find-links, constraint, no-index, trusted-host, cert and timeout;
-other pip settings do not concern where packages come from. Like pip, uv then takes the best version over
-all indexes (`unsafe-best-match`), so that it installs what pip would. Nothing is compiled to bytecode
-here: Python compiles what a process imports, once, when it first imports it.
+is passed on: index-url, extra-index-url, find-links, constraint, no-index, trusted-host, cert, client-cert,
+proxy and timeout; other pip settings do not concern where packages come from or how they are reached.
+Like pip, uv then takes the best version over all indexes (`unsafe-best-match`), so that it installs what
+pip would. Nothing is compiled to bytecode here: Python compiles what a process imports, once, when it
+first imports it.
 """
 
 import ast
@@ -55,6 +56,12 @@ def uv_command(settings: dict[str, str], args: list[str]) -> tuple[list[str], di
     env = dict(os.environ)
     if "cert" in settings:
         env.setdefault("SSL_CERT_FILE", settings["cert"])
+    if "client-cert" in settings:  # one PEM file with the certificate and its key, for pip and uv alike
+        env.setdefault("SSL_CLIENT_CERT", settings["client-cert"])
+    if "proxy" in settings:  # pip's proxy serves both schemes; as with pip, one set in the environment wins
+        for name in ("HTTP_PROXY", "HTTPS_PROXY"):
+            if name not in env and name.lower() not in env:
+                env[name] = settings["proxy"]
     for key in ("timeout", "default-timeout"):
         if key in settings:
             env.setdefault("UV_HTTP_TIMEOUT", settings[key])

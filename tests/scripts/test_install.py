@@ -41,3 +41,21 @@ def test_pip_configuration_reaches_uv(tmp_path: Path, monkeypatch: pytest.Monkey
 def test_no_index_is_passed_on() -> None:
     command, _ = install.uv_command({"no-index": "true", "find-links": "/wheels"}, [])
     assert "--no-index" in command and command[command.index("--find-links") + 1] == "/wheels"
+
+
+def test_proxy_and_client_certificate_reach_uv_unless_the_environment_sets_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """pip's `proxy` serves both schemes and its `client-cert` is uv's SSL_CLIENT_CERT; as with pip, a proxy
+    already in the environment (either case) wins."""
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "SSL_CLIENT_CERT"):
+        monkeypatch.delenv(name, raising=False)
+    settings = {"proxy": "http://proxy.example:3128", "client-cert": "/etc/pip/client.pem"}
+    _, env = install.uv_command(settings, [])
+    assert env["HTTP_PROXY"] == env["HTTPS_PROXY"] == "http://proxy.example:3128"
+    assert env["SSL_CLIENT_CERT"] == "/etc/pip/client.pem"
+
+    monkeypatch.setenv("https_proxy", "http://mine.example:8080")
+    _, env = install.uv_command(settings, [])
+    assert "HTTPS_PROXY" not in env and env["https_proxy"] == "http://mine.example:8080"
+    assert env["HTTP_PROXY"] == "http://proxy.example:3128"
